@@ -1,0 +1,98 @@
+"""Atomic checkpoints: weights as safetensors, resume state via ``torch.save`` (loaded weights_only).
+
+A checkpoint is written into a temporary directory, flushed, marked COMPLETE, then renamed over the
+old one, so a process killed at any instant leaves the previous checkpoint loadable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ptcli.errors import UsageError
+
+WEIGHTS = "model.safetensors"
+STATE = "trainer_state.pt"
+MARKER = "COMPLETE"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def save_checkpoint(root: Path, name: str, model: nn.Module, state: Optional[dict[str, Any]] = None,
+                    meta: Optional[dict[str, Any]] = None) -> Path:
+    from safetensors.torch import save_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt", "producer": "ptcli"})
+    if state is not None:
+        torch.save(state, tmp / STATE)
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    (tmp / MARKER).write_text(json.dumps(meta or {}) + "\n")
+    _fsync_dir(tmp)
+    final, old = root / name, root / f".old-{name}-{os.getpid()}"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def is_complete(path: Path) -> bool:
+    return (path / MARKER).is_file() and (path / WEIGHTS).is_file()
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    file = path / WEIGHTS if path.is_dir() else path
+    if not file.is_file():
+        raise UsageError(f"no weights at '{file}': the checkpoint is missing or incomplete.")
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise UsageError(f"cannot read '{file}': {exc}. The file is truncated or corrupted; "
+                         "use another checkpoint (checkpoints/best or checkpoints/last).") from exc
+
+
+def load_into(model: nn.Module, path: Path, strict: bool = True) -> list[str]:
+    """Load a checkpoint's weights; with ``strict=False`` return the model keys it lacked."""
+    tensors = load_weights(path)
+    try:
+        result = model.load_state_dict(tensors, strict=strict)
+    except RuntimeError as exc:
+        raise UsageError(f"weights in '{path}' do not fit the model: {str(exc).splitlines()[0]} "
+                         "(architecture or vocabulary mismatch).") from exc
+    return list(result.missing_keys)
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    file = path / STATE
+    if not file.is_file():
+        raise UsageError(f"'{path}' has no {STATE}: it cannot be resumed.")
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UsageError(f"cannot read '{file}': {exc}") from exc

@@ -1,0 +1,140 @@
+"""The ``ptcli`` command line.
+
+Start-up stays fast (``--help`` imports neither torch nor Hydra): each verb imports its machinery only
+when it runs. The training verbs hand their arguments to Hydra's own parser, so the whole override
+grammar and Hydra's flags behave exactly as in any Hydra app.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ptcli import __version__
+
+HYDRA_HELP = """
+[bold]Overrides[/bold] use Hydra's grammar: [cyan]key=value[/cyan], [cyan]group=option[/cyan], [cyan]+key=value[/cyan] (add),
+[cyan]~key[/cyan] (delete), [cyan]key=a,b[/cyan] or [cyan]key=range(1,4)[/cyan] with [cyan]-m[/cyan] (sweep).
+
+[bold]Config groups[/bold]: model (transformer), objective (mlm), data (pydocs, text, hf),
+trainer (default, finetune), optim (adamw), schedule (cosine, linear, constant), debug (smoke),
+experiment (your presets via --config-dir).
+
+[bold]Hydra options[/bold] (passed through to Hydra):
+  -m, --multirun            run a sweep over comma-separated values
+  -c, --cfg job|hydra|all   print the composed config and exit
+  -p, --package PKG         with --cfg: print only this package
+  --resolve                 with --cfg: resolve interpolations
+  -i, --info [all|config|defaults|defaults-tree|plugins|searchpath]
+  -cd, --config-dir DIR     add a directory of your own config groups / experiments
+  -cn, --config-name NAME   use another primary config
+  --hydra-help              Hydra's own help
+
+Set PTCLI_DEBUG=1 to see full tracebacks for errors.
+"""
+
+app = typer.Typer(
+    name="ptcli",
+    help="Pre-train neural networks on unlabeled data, then fine-tune them on few labels.",
+    no_args_is_help=True,
+    add_completion=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+PASSTHROUGH = {
+    "allow_extra_args": True,
+    "ignore_unknown_options": True,
+    "help_option_names": ["--help"],
+}
+
+JsonOpt = typer.Option(False, "--json", help="Print the final metrics as one JSON object on stdout, and nothing else.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ptcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", "-V", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    """Pre-train neural networks on unlabeled data, then fine-tune them on few labels."""
+
+
+def _hydra(command: str, ctx: typer.Context, overrides: Optional[List[str]], json_out: bool) -> None:
+    from ptcli.launch import launch
+
+    args = list(overrides or []) + list(ctx.args)
+    raise typer.Exit(launch(command, args, json_out=json_out))
+
+
+@app.command(context_settings=PASSTHROUGH, epilog=HYDRA_HELP)
+def pretrain(
+    ctx: typer.Context,
+    overrides: Optional[List[str]] = typer.Argument(None, help="Hydra overrides, e.g. model.dim=128 trainer.max_steps=500"),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Pre-train an encoder on unlabeled data (default: a transformer, MLM, on Python's docstrings)."""
+    _hydra("pretrain", ctx, overrides, json_out)
+
+
+@app.command(context_settings=PASSTHROUGH, epilog=HYDRA_HELP)
+def finetune(
+    ctx: typer.Context,
+    overrides: Optional[List[str]] = typer.Argument(
+        None, help="Hydra overrides, e.g. pretrained=outputs/pretrain/... data.labels_per_class=16"
+    ),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Train a classifier on labeled data, from a pretrain run (pretrained=RUN_DIR) or random init."""
+    _hydra("finetune", ctx, overrides, json_out)
+
+
+@app.command(context_settings=PASSTHROUGH, epilog=HYDRA_HELP)
+def evaluate(
+    ctx: typer.Context,
+    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="Hydra overrides, e.g. data=text data.test=test.csv"),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Score a finished run on held-out data (the test split unless overrides point elsewhere)."""
+    from ptcli.launch import launch
+
+    args = [f"run_dir={_quote(str(run_dir))}"] + list(overrides or []) + list(ctx.args)
+    raise typer.Exit(launch("evaluate", args, json_out=json_out))
+
+
+def _quote(value: str) -> str:
+    # Paths with Hydra grammar characters (=, comma, spaces, ...) must be quoted to stay one value.
+    if any(c in value for c in " ,=[]{}()'\"\\:$"):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return value
+
+
+def _normalize_info(argv: list[str]) -> list[str]:
+    """Hydra's ``--info`` takes an optional value; give Click an explicit one."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg in ("--info", "-i"):
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            if nxt is None or nxt.startswith("-") or "=" in nxt:
+                out.append("all")
+    return out
+
+
+def main() -> None:
+    sys.argv = sys.argv[:1] + _normalize_info(sys.argv[1:])
+    app(prog_name="ptcli")
+
+
+if __name__ == "__main__":
+    main()

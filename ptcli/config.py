@@ -1,0 +1,146 @@
+"""Structured-config schemas, registered in Hydra's ConfigStore.
+
+Every YAML option in conf/ extends one of these schemas (``defaults: [/schema/<group>/<name>@_here_]``),
+so a misspelled key or a value of the wrong type fails at composition, before any work is done.
+Importing this module is cheap (no torch): the CLI imports it on every training command.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class TransformerConfig:
+    _target_: str = "ptcli.models.transformer.TransformerEncoder"
+    dim: int = 256
+    layers: int = 4
+    heads: int = 4
+    ffn_dim: int = 1024
+    max_len: int = 128
+    dropout: float = 0.0
+    bias: bool = False
+
+
+@dataclass
+class MLMConfig:
+    _target_: str = "ptcli.objectives.mlm.MaskedLM"
+    mask_rate: float = 0.15
+    # Of the selected tokens: this share becomes [MASK], this share a random token, the rest stay.
+    mask_token_share: float = 0.8
+    random_token_share: float = 0.1
+    whole_word: bool = False
+
+
+@dataclass
+class DataConfig:
+    _target_: str = MISSING
+    # data=pydocs
+    num_labels: int = 20
+    # data=text: file paths (csv, tsv, json, jsonl, parquet or txt, by extension)
+    train: Optional[str] = None
+    validation: Optional[str] = None
+    test: Optional[str] = None
+    # data=hf: a datasets hub name or local dataset directory
+    name: Optional[str] = None
+    config: Optional[str] = None
+    text_column: str = "text"
+    label_column: str = "label"
+    # Share of train held out (seeded) for validation/test when the source has no such split.
+    val_fraction: float = 0.05
+    test_fraction: float = 0.05
+    # Fine-tuning: stratified, seeded subsample of the training split; null = all.
+    labels_per_class: Optional[int] = None
+    # Keep at most this many training examples (quick experiments and CI); null = all.
+    max_train_examples: Optional[int] = None
+    block_size: int = 128
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "wordpiece"  # wordpiece | bpe
+    vocab_size: int = 8192
+    lowercase: bool = True
+    min_frequency: int = 2
+    # An existing tokenizer.json (or a directory holding one) instead of training.
+    path: Optional[str] = None
+
+
+@dataclass
+class AdamWConfig:
+    _target_: str = "ptcli.optim.build_adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+
+
+@dataclass
+class ScheduleConfig:
+    _target_: str = "ptcli.optim.warmup_schedule"
+    decay: str = "cosine"  # cosine | linear | constant
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: Optional[int] = 1000
+    # Used when max_steps is null: whole passes over the training blocks.
+    max_epochs: Optional[int] = None
+    batch_size: int = 32
+    grad_accum: int = 1
+    clip_grad: Optional[float] = 1.0
+    log_every: int = 25
+    eval_every: int = 250
+    # Validation batches per evaluation; null = the whole validation split.
+    eval_batches: Optional[int] = None
+    # Also write checkpoints/last every N steps (0 = only at evaluations and at the end).
+    checkpoint_every: int = 0
+    keep_last: int = 1
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    strategy: str = "single"  # single | ddp | fsdp
+    num_threads: Optional[int] = None
+    progress: str = "auto"  # auto | bar | log | none
+
+
+@dataclass
+class RunConfig:
+    """The top-level schema shared by every command."""
+
+    command: str = MISSING
+    seed: int = 0
+    model: Any = MISSING
+    objective: Any = None
+    data: DataConfig = MISSING
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optim: AdamWConfig = field(default_factory=AdamWConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    # finetune / evaluate
+    pretrained: Optional[str] = None
+    init: str = "pretrained"  # pretrained | random
+    freeze_encoder: bool = False
+    resume: Optional[str] = None
+    init_from: Optional[str] = None
+    # evaluate: the run directory being scored
+    run_dir: Optional[str] = None
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
+    cs.store(group="schema/model", name="transformer", node=TransformerConfig)
+    cs.store(group="schema/objective", name="mlm", node=MLMConfig)
+    cs.store(group="schema/data", name="data", node=DataConfig)
+    cs.store(group="schema/optim", name="adamw", node=AdamWConfig)
+    cs.store(group="schema/schedule", name="schedule", node=ScheduleConfig)
+    cs.store(group="schema/trainer", name="trainer", node=TrainerConfig)
+
+
+register()

@@ -1,0 +1,169 @@
+"""Data sources: where text (and optional labels) come from.
+
+Every source returns a ``datasets.DatasetDict`` with a ``train`` and a ``validation`` split (and
+``test`` when the source has one), a ``text`` column and, when labels exist, a ``label`` column.
+Bad input is a ``UsageError`` that names the config key, file and columns involved.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from ptcli.errors import UsageError
+
+FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
+
+
+class DataSource:
+    """Common options (all of ``conf/data/*``) and the split/subsample logic shared by sources."""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+        self.text_column: str = options.get("text_column") or "text"
+        self.label_column: str = options.get("label_column") or "label"
+        self.val_fraction: float = float(options.get("val_fraction", 0.05))
+        self.max_train_examples: Optional[int] = options.get("max_train_examples")
+        self.seed: int = int(options.get("seed", 0))
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+    def _load(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def load(self):
+        import datasets
+
+        dd = self._load()
+        if "train" not in dd or len(dd["train"]) == 0:
+            raise UsageError(f"{self.describe()}: the training split is empty. Point data.train at a file with rows.")
+        if "validation" not in dd:
+            if not 0 < self.val_fraction < 1:
+                raise UsageError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+            if len(dd["train"]) < 2:
+                raise UsageError(f"{self.describe()}: need at least 2 training rows to hold out validation; "
+                                 "pass data.validation=FILE.")
+            held = dd["train"].train_test_split(test_size=self.val_fraction, seed=self.seed, shuffle=True)
+            dd = datasets.DatasetDict({**dd, "train": held["train"], "validation": held["test"]})
+        if self.max_train_examples is not None:
+            n = int(self.max_train_examples)
+            if n <= 0:
+                raise UsageError(f"data.max_train_examples must be positive, got {n}")
+            train = dd["train"].shuffle(seed=self.seed)
+            dd["train"] = train.select(range(min(n, len(train))))
+        return dd
+
+
+class Pydocs(DataSource):
+    """Docstrings of Python's standard library; label = top-level package (most frequent N kept)."""
+
+    def describe(self) -> str:
+        return "data=pydocs"
+
+    def _load(self):
+        from collections import Counter
+
+        from ptcli.data.pydocs import load_pydocs
+
+        dd = load_pydocs()
+        num_labels = int(self.options.get("num_labels") or 20)
+        top = {p for p, _ in Counter(dd["train"]["package"]).most_common(num_labels)}
+
+        def to_label(batch: dict) -> dict:
+            return {"label": [p if p in top else None for p in batch["package"]]}
+
+        return dd.map(to_label, batched=True, desc="pydocs labels")
+
+
+class TextFiles(DataSource):
+    """The user's files: ``data.train`` / ``data.validation`` / ``data.test``."""
+
+    def describe(self) -> str:
+        return f"data.train={self.options.get('train')}"
+
+    def _load(self):
+        import datasets
+
+        files = {}
+        for split in ("train", "validation", "test"):
+            path = self.options.get(split)
+            if path is None:
+                continue
+            p = Path(str(path)).expanduser()
+            if not p.is_file():
+                raise UsageError(f"data.{split}: file '{path}' does not exist (or is not a file). "
+                                 f"Pass an existing csv, tsv, json, jsonl, parquet or txt file.")
+            if p.suffix.lower() not in FORMATS:
+                raise UsageError(f"data.{split}: cannot tell the format of '{path}' from its extension "
+                                 f"'{p.suffix}'. Use one of: {', '.join(sorted(FORMATS))}.")
+            files[split] = p
+        if "train" not in files:
+            raise UsageError("data.train is required with data=text: data.train=path/to/file.csv")
+        dd = {}
+        for split, p in files.items():
+            dd[split] = self._read(split, p)
+        return datasets.DatasetDict(dd)
+
+    def _read(self, split: str, p: Path):
+        import datasets
+
+        fmt = FORMATS[p.suffix.lower()]
+        kwargs: dict[str, Any] = {"sep": "\t"} if p.suffix.lower() == ".tsv" else {}
+        try:
+            ds = datasets.load_dataset(fmt, data_files={"data": str(p)}, split="data", **kwargs)
+        except Exception as exc:  # datasets wraps parser errors in several layers
+            root = exc
+            while root.__cause__ is not None or root.__context__ is not None:
+                root = root.__cause__ or root.__context__  # type: ignore[assignment]
+            raise UsageError(f"data.{split}: cannot read '{p}' as {fmt}: {type(root).__name__}: "
+                             f"{str(root).strip()[:400]}. Fix the file or check its extension.") from exc
+        if len(ds) == 0:
+            raise UsageError(f"data.{split}: '{p}' has no rows.")
+        return _select_columns(ds, self.text_column, self.label_column, f"data.{split}='{p}'")
+
+
+class HubDataset(DataSource):
+    """A ``datasets`` dataset by hub name, a local dataset directory, or a ``save_to_disk`` folder."""
+
+    def describe(self) -> str:
+        return f"data.name={self.options.get('name')}"
+
+    def _load(self):
+        import datasets
+
+        name = str(self.options.get("name"))
+        config = self.options.get("config")
+        local = Path(name).expanduser()
+        try:
+            if (local / "dataset_dict.json").is_file() or (local / "dataset_info.json").is_file():
+                dd = datasets.load_from_disk(str(local))
+            else:
+                dd = datasets.load_dataset(str(local) if local.is_dir() else name, config)
+        except Exception as exc:
+            hint = ("You are offline (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE set or no network): download it "
+                    "once online, or pass a local dataset directory as data.name=PATH.")
+            raise UsageError(f"data.name: cannot load dataset '{name}'"
+                             f"{f' (config {config})' if config else ''}: {str(exc).strip()[:300]}. {hint}") from exc
+        if isinstance(dd, datasets.Dataset):
+            dd = datasets.DatasetDict({"train": dd})
+        if "validation" not in dd and "valid" in dd:
+            dd["validation"] = dd.pop("valid")
+        if "train" not in dd:
+            raise UsageError(f"data.name={name}: no 'train' split; splits are {sorted(dd)}.")
+        return datasets.DatasetDict(
+            {s: _select_columns(dd[s], self.text_column, self.label_column, f"data.name={name} [{s}]")
+             for s in ("train", "validation", "test") if s in dd}
+        )
+
+
+def _select_columns(ds, text_column: str, label_column: str, where: str):
+    cols = ds.column_names
+    if text_column not in cols:
+        raise UsageError(f"{where}: no text column '{text_column}'. Columns are: {', '.join(cols)}. "
+                         f"Set data.text_column=<one of them>.")
+    keep = {text_column: "text"}
+    if label_column in cols:
+        keep[label_column] = "label"
+    ds = ds.select_columns(list(keep))
+    return ds.rename_columns({k: v for k, v in keep.items() if k != v})

@@ -1,0 +1,104 @@
+"""Masked language modeling (BERT-style), with the vocabulary projection at masked positions only."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ptcli.errors import UsageError
+
+IGNORE = -100
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    *,
+    mask_rate: float,
+    mask_id: int,
+    vocab_size: int,
+    special: torch.Tensor,
+    generator: Optional[torch.Generator] = None,
+    mask_token_share: float = 0.8,
+    random_token_share: float = 0.1,
+    word_start: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Select non-special tokens with probability ``mask_rate``; of those, ``mask_token_share`` become
+    [MASK], ``random_token_share`` a random token, the rest stay. Returns ``(inputs, labels)`` with
+    labels ``-100`` at unselected positions. ``special`` is a ``[vocab]`` bool lookup table.
+    With ``word_start`` (a ``[vocab]`` bool table: token begins a word) whole words are selected together.
+    """
+    is_special = special[input_ids]
+    draw = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
+    if word_start is not None:
+        # Each token takes the draw of the first token of its word: words are selected as units.
+        starts = word_start[input_ids] | is_special
+        start_positions = torch.where(starts, torch.arange(input_ids.shape[1], device=input_ids.device), 0)
+        first_pos = torch.cummax(start_positions, dim=1).values
+        draw = draw.gather(1, first_pos)
+    selected = (draw < mask_rate) & ~is_special
+    labels = torch.where(selected, input_ids, IGNORE)
+    how = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
+    to_mask = selected & (how < mask_token_share)
+    to_random = selected & (how >= mask_token_share) & (how < mask_token_share + random_token_share)
+    random_ids = torch.randint(vocab_size, input_ids.shape, generator=generator, device=input_ids.device)
+    inputs = torch.where(to_mask, mask_id, input_ids)
+    inputs = torch.where(to_random, random_ids, inputs)
+    return inputs, labels
+
+
+class MaskedLM(nn.Module):
+    """Encoder + MLM head (dense, GELU, LayerNorm, decoder tied to the token embedding)."""
+
+    def __init__(self, encoder: nn.Module, special_ids: list[int], mask_id: int, word_start: Optional[torch.Tensor] = None,
+                 mask_rate: float = 0.15, mask_token_share: float = 0.8, random_token_share: float = 0.1,
+                 whole_word: bool = False) -> None:
+        super().__init__()
+        if not 0.0 < mask_rate < 1.0:
+            raise UsageError(f"objective.mask_rate must be in (0, 1), got {mask_rate}")
+        if mask_token_share < 0 or random_token_share < 0 or mask_token_share + random_token_share > 1:
+            raise UsageError("objective.mask_token_share and random_token_share must be >= 0 and sum to <= 1, "
+                             f"got {mask_token_share} and {random_token_share}")
+        self.encoder = encoder
+        dim, vocab = encoder.dim, encoder.vocab_size
+        self.transform = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim))
+        self.decoder_bias = nn.Parameter(torch.zeros(vocab))
+        self.mask_rate, self.mask_token_share, self.random_token_share = mask_rate, mask_token_share, random_token_share
+        self.mask_id = mask_id
+        special = torch.zeros(vocab, dtype=torch.bool)
+        special[torch.tensor(special_ids, dtype=torch.long)] = True
+        self.register_buffer("special", special, persistent=False)
+        if whole_word and word_start is None:
+            raise UsageError("objective.whole_word=true needs a WordPiece tokenizer (tokenizer.kind=wordpiece)")
+        self.register_buffer("word_start", word_start if whole_word else None, persistent=False)
+
+    def mask(self, input_ids: torch.Tensor, generator: Optional[torch.Generator] = None):
+        return mask_tokens(input_ids, mask_rate=self.mask_rate, mask_id=self.mask_id, vocab_size=self.encoder.vocab_size,
+                           special=self.special, generator=generator, mask_token_share=self.mask_token_share,
+                           random_token_share=self.random_token_share, word_start=self.word_start)
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Loss summed over masked positions, with counts, so callers can average across batches exactly."""
+        hidden = self.encoder(input_ids)
+        where = labels != IGNORE
+        h = self.transform(hidden[where])
+        logits = F.linear(h, self.encoder.tok_emb.weight, self.decoder_bias)
+        target = labels[where]
+        loss_sum = F.cross_entropy(logits.float(), target, reduction="sum")
+        n = target.numel()
+        correct = (logits.argmax(-1) == target).sum()
+        return {"loss": loss_sum / max(n, 1), "loss_sum": loss_sum.detach(), "correct": correct, "count": n}
+
+
+def word_start_table(tok) -> Optional[torch.Tensor]:
+    """``[vocab]`` bool: the token starts a word (WordPiece continuation tokens start with '##')."""
+    vocab = tok.get_vocab()
+    if not any(t.startswith("##") for t in vocab):
+        return None
+    table = torch.ones(tok.get_vocab_size(), dtype=torch.bool)
+    for token, idx in vocab.items():
+        if token.startswith("##"):
+            table[idx] = False
+    return table

@@ -1,0 +1,114 @@
+"""Recipe: pre-train a text encoder with masked language modeling.
+
+config -> data source -> tokenizer -> packed blocks -> encoder + objective -> optimizer/schedule ->
+trainer -> run directory. Reads top to bottom.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from ptcli.build import instantiate
+from ptcli.data.text import BlockBatches, pack_blocks
+from ptcli.errors import UsageError
+from ptcli.objectives.mlm import MaskedLM, word_start_table
+from ptcli.rundir import RunDir
+from ptcli.tokenizer import build_tokenizer, save_tokenizer, special_ids
+from ptcli.trainer import BestTracker, Trainer, pick_device, seed_everything
+
+EVAL_SEED = 1234  # validation masks are the same at every evaluation, so scores are comparable
+
+
+def configure_torch(cfg: DictConfig) -> None:
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(int(cfg.trainer.num_threads))
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def build_mlm(cfg: DictConfig, tok: Any) -> MaskedLM:
+    ids = special_ids(tok)
+    encoder = instantiate(cfg.model, "model", vocab_size=tok.get_vocab_size())
+    objective = instantiate(
+        cfg.objective, "objective", encoder=encoder, mask_id=ids["mask"],
+        special_ids=[i for i in ids.values() if i is not None], word_start=word_start_table(tok),
+    )
+    if not isinstance(objective, MaskedLM):
+        raise UsageError(f"objective={cfg.objective._target_} does not fit model=transformer; use objective=mlm.")
+    return objective
+
+
+@torch.no_grad()
+def evaluate_mlm(model: MaskedLM, blocks: torch.Tensor, batch_size: int, device: torch.device,
+                 max_batches: int | None = None) -> dict[str, float]:
+    """Masked-token loss, accuracy and perplexity over ``blocks`` with fixed (seeded) masks."""
+    gen = torch.Generator(device="cpu").manual_seed(EVAL_SEED)
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    correct, count = 0, 0
+    for i, start in enumerate(range(0, len(blocks), batch_size)):
+        if max_batches is not None and i >= max_batches:
+            break
+        inputs, labels = model.mask(blocks[start : start + batch_size], generator=gen)
+        out = model(inputs.to(device), labels.to(device))
+        loss_sum += out["loss_sum"].double().cpu()
+        correct += int(out["correct"])
+        count += int(out["count"])
+    loss = float(loss_sum) / max(count, 1)
+    return {"loss": loss, "mlm_acc": correct / max(count, 1), "ppl": math.exp(min(loss, 50.0))}
+
+
+def pretrain(cfg: DictConfig, run: RunDir) -> dict[str, float]:
+    configure_torch(cfg)
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.trainer.device)
+    if cfg.objective is None or "mlm" not in str(cfg.objective.get("_target_", "")).lower():
+        raise UsageError("ptcli pretrain on text needs objective=mlm.")
+    if cfg.data.block_size > cfg.model.max_len:
+        raise UsageError(f"data.block_size={cfg.data.block_size} exceeds model.max_len={cfg.model.max_len}; "
+                         "lower data.block_size or raise model.max_len.")
+
+    # Data and tokenizer
+    splits = instantiate(cfg.data, "data", seed=cfg.seed).load()
+    tok = build_tokenizer(cfg.tokenizer, splits["train"])
+    save_tokenizer(tok, run.tokenizer_dir)
+    train_blocks = pack_blocks(splits["train"], tok, cfg.data.block_size, "data train split")
+    val_blocks = pack_blocks(splits["validation"], tok, cfg.data.block_size, "data validation split")
+    batches = BlockBatches(train_blocks, cfg.trainer.batch_size, cfg.seed)
+
+    # Model, objective, optimizer
+    model = build_mlm(cfg, tok).to(device)
+    optimizer = instantiate(cfg.optim, "optim", model=model)
+    total = total_steps(cfg, batches.batches_per_epoch)
+    scheduler = instantiate(cfg.schedule, "schedule", optimizer=optimizer, total_steps=total)
+    run.update(data={"train_blocks": len(train_blocks), "val_blocks": len(val_blocks),
+                     "vocab_size": tok.get_vocab_size(), "parameters": sum(p.numel() for p in model.parameters())})
+
+    # Train: masks are redrawn every batch from a dedicated, checkpointed generator.
+    mask_gen = torch.Generator().manual_seed(cfg.seed + 1)
+
+    def step_fn(block: torch.Tensor) -> dict[str, torch.Tensor]:
+        inputs, labels = model.mask(block, generator=mask_gen)
+        return model(inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True))
+
+    def eval_fn() -> dict[str, float]:
+        return evaluate_mlm(model, val_blocks, cfg.trainer.batch_size, device, cfg.trainer.eval_batches)
+
+    trainer = Trainer(model, optimizer, scheduler, run, cfg.trainer, device, total, BestTracker("val/loss", "min"),
+                      tokens_per_batch=cfg.trainer.batch_size * cfg.data.block_size,
+                      extra_state=lambda: {"batches": batches.state_dict(), "mask_rng": mask_gen.get_state()})
+    return trainer.fit(batches, step_fn, eval_fn)
+
+
+def total_steps(cfg: DictConfig, batches_per_epoch: int) -> int:
+    t = cfg.trainer
+    if t.max_steps is not None:
+        if t.max_steps <= 0:
+            raise UsageError(f"trainer.max_steps must be positive, got {t.max_steps}")
+        return int(t.max_steps)
+    if t.max_epochs is None or t.max_epochs <= 0:
+        raise UsageError("set trainer.max_steps or trainer.max_epochs to a positive number")
+    return max(1, int(t.max_epochs) * batches_per_epoch // int(t.grad_accum))

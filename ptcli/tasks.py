@@ -1,0 +1,134 @@
+"""Hydra task functions, one per verb, at module level so launchers can pickle them.
+
+Each task opens the run directory Hydra chose, runs its recipe, and records the outcome in
+``run.json`` whatever happens. In a sweep, a failing job is recorded and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import DictConfig
+
+from ptcli.errors import Interrupted, PtcliError, UsageError
+
+
+@dataclass
+class LaunchState:
+    """What the tasks of one CLI invocation report back to the launcher (same process)."""
+
+    command: str = ""
+    json_out: bool = False
+    started: bool = False
+    multirun: bool = False
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+    def reset(self, command: str, json_out: bool) -> None:
+        self.__init__(command=command, json_out=json_out)  # type: ignore[misc]
+
+    def exit_code(self) -> int:
+        codes = [r["exit_code"] for r in self.results]
+        if not codes:
+            return 0
+        if self.multirun:
+            return 0 if all(c == 0 for c in codes) else 1
+        return codes[-1]
+
+
+STATE = LaunchState()
+
+
+def _run(command: str, cfg: DictConfig) -> Optional[float]:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from ptcli.launch import _report, print_json
+    from ptcli.rundir import RunDir
+
+    STATE.started = True
+    hc = HydraConfig.get()
+    STATE.multirun = hc.mode == RunMode.MULTIRUN
+    run = RunDir.start(hc.runtime.output_dir, cfg, command=command, overrides=list(hc.overrides.task))
+    result: dict[str, Any] = {"run_dir": str(run.path), "exit_code": 0}
+    STATE.results.append(result)
+    try:
+        recipe = _recipe(command)
+        metrics = recipe(cfg, run)
+        run.finish("completed", metrics=metrics)
+        result["metrics"] = metrics
+    except Interrupted as exc:
+        run.finish("interrupted", error=str(exc))
+        result["exit_code"] = exc.exit_code
+        if not STATE.multirun:
+            raise
+        _report(exc)
+        return None
+    except PtcliError as exc:
+        run.finish("failed", error=str(exc))
+        result["exit_code"] = exc.exit_code
+        if not STATE.multirun:
+            raise
+        _report(exc)
+        return None
+    except KeyboardInterrupt:
+        run.finish("interrupted", error="KeyboardInterrupt")
+        raise
+    except Exception as exc:
+        run.finish("failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        result["exit_code"] = 1
+        if not STATE.multirun:
+            raise
+        _report(exc)
+        return None
+    if STATE.json_out and not STATE.multirun:
+        print_json(metrics)
+    elif not STATE.json_out:
+        _print_summary(run, metrics)
+    return _key_metric(metrics)
+
+
+def _recipe(command: str):
+    if command == "pretrain":
+        from ptcli.recipes.pretrain import pretrain
+
+        return pretrain
+    if command == "finetune":
+        from ptcli.recipes.finetune import finetune
+
+        return finetune
+    if command == "evaluate":
+        from ptcli.recipes.evaluate import evaluate
+
+        return evaluate
+    raise UsageError(f"unknown command {command!r}")
+
+
+def _key_metric(metrics: dict[str, float]) -> Optional[float]:
+    for key in ("val/accuracy", "val/mlm_acc", "val/knn_acc", "test/accuracy", "val/loss"):
+        if key in metrics:
+            return float(metrics[key])
+    return None
+
+
+def _print_summary(run: Any, metrics: dict[str, float]) -> None:
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if isinstance(v, (int, float)))
+    print(f"ptcli: {run.command} completed: {shown}", file=sys.stderr)
+    print(f"ptcli: run directory: {run.path}", file=sys.stderr)
+
+
+def pretrain_task(cfg: DictConfig) -> Optional[float]:
+    return _run("pretrain", cfg)
+
+
+def finetune_task(cfg: DictConfig) -> Optional[float]:
+    return _run("finetune", cfg)
+
+
+def evaluate_task(cfg: DictConfig) -> Optional[float]:
+    return _run("evaluate", cfg)
+
+
+TASKS = {"pretrain": pretrain_task, "finetune": finetune_task, "evaluate": evaluate_task}

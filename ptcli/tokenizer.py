@@ -1,0 +1,106 @@
+"""Train (or load) a subword tokenizer with Hugging Face ``tokenizers``.
+
+Trained tokenizers are cached by a fingerprint of the training split and the settings, so a second
+run on the same data skips training. Special tokens come first: [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from ptcli.errors import UsageError
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _new_tokenizer(kind: str, vocab_size: int, lowercase: bool, min_frequency: int):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    norm = [normalizers.NFD(), normalizers.StripAccents()]
+    if lowercase:
+        norm.insert(0, normalizers.Lowercase())
+    if kind == "wordpiece":
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                            special_tokens=SPECIAL_TOKENS)
+    elif kind == "bpe":
+        tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                      special_tokens=SPECIAL_TOKENS,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    else:
+        raise UsageError(f"tokenizer.kind must be 'wordpiece' or 'bpe', got {kind!r}")
+    tok.normalizer = normalizers.Sequence(norm)
+    return tok, trainer
+
+
+def _post_process(tok) -> None:
+    from tokenizers import processors
+
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+
+
+def load_tokenizer(path: str | Path):
+    from tokenizers import Tokenizer
+
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / "tokenizer.json"
+    if not p.is_file():
+        raise UsageError(f"tokenizer.path: '{path}' has no tokenizer.json. Pass a tokenizer.json file or a "
+                         "directory holding one (e.g. a run's tokenizer/ folder).")
+    try:
+        tok = Tokenizer.from_file(str(p))
+    except Exception as exc:
+        raise UsageError(f"cannot read tokenizer '{p}': {exc}") from exc
+    missing = [t for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]") if tok.token_to_id(t) is None]
+    if missing:
+        raise UsageError(f"tokenizer '{p}' lacks special tokens {missing}; ptcli needs [PAD] [CLS] [SEP] [MASK].")
+    return tok
+
+
+def build_tokenizer(cfg: Any, train_split: Any):
+    """Load ``cfg.path`` or train on ``train_split['text']`` (cached by data fingerprint + settings)."""
+    from ptcli.data.cache import cache_root
+
+    if cfg.path:
+        return load_tokenizer(cfg.path)
+    if cfg.vocab_size < len(SPECIAL_TOKENS) + 1:
+        raise UsageError(f"tokenizer.vocab_size must be larger than {len(SPECIAL_TOKENS)}, got {cfg.vocab_size}")
+    key = f"v1|{train_split._fingerprint}|{cfg.kind}|{cfg.vocab_size}|{cfg.lowercase}|{cfg.min_frequency}"
+    cached = cache_root() / "tokenizers" / (hashlib.sha256(key.encode()).hexdigest()[:20] + ".json")
+    if cached.is_file():
+        return load_tokenizer(cached)
+    tok, trainer = _new_tokenizer(cfg.kind, int(cfg.vocab_size), bool(cfg.lowercase), int(cfg.min_frequency))
+
+    def batches(size: int = 1000):
+        for i in range(0, len(train_split), size):
+            yield train_split[i : i + size]["text"]
+
+    tok.train_from_iterator(batches(), trainer=trainer, length=len(train_split))
+    _post_process(tok)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_name(f".{cached.name}.{os.getpid()}")
+    tok.save(str(tmp))
+    os.replace(tmp, cached)
+    return tok
+
+
+def save_tokenizer(tok: Any, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    tok.save(str(directory / "tokenizer.json"))
+
+
+def special_ids(tok: Any) -> dict[str, int]:
+    return {name: tok.token_to_id(f"[{name.upper()}]") for name in ("pad", "unk", "cls", "sep", "mask")}

@@ -1,0 +1,229 @@
+"""The training loop shared by every recipe.
+
+A recipe hands over a ``step_fn(batch) -> {"loss": tensor, ...}`` and an ``eval_fn() -> {name: value}``;
+the loop owns everything else: accumulation, clipping, schedule, logging, validation, best/last
+checkpoints, signals and non-finite losses. One loop a reader can hold in their head.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ptcli.checkpoint import save_checkpoint
+from ptcli.errors import Interrupted, RunFailed, UsageError
+from ptcli.progress import Progress
+from ptcli.rundir import RunDir
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"trainer.device={name} but CUDA is not available here; use trainer.device=auto or cpu.")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise UsageError(f"trainer.device: {exc}") from exc
+
+
+def rng_state() -> dict[str, Any]:
+    py = random.getstate()
+    np_state = np.random.get_state()
+    return {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npst = state["numpy"]
+    np.random.set_state((npst[0], npst[1].numpy().astype(np.uint32), *npst[2:]))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class BestTracker:
+    metric: str  # e.g. "val/loss"
+    mode: str  # "min" | "max"
+    value: Optional[float] = None
+
+    def improved(self, metrics: dict[str, float]) -> bool:
+        v = metrics.get(self.metric)
+        if v is None or v != v:
+            return False
+        if self.value is None or (v < self.value if self.mode == "min" else v > self.value):
+            self.value = v
+            return True
+        return False
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, run: RunDir, cfg: Any,
+                 device: torch.device, total_steps: int, best: BestTracker, tokens_per_batch: int = 0,
+                 extra_state: Optional[Callable[[], dict[str, Any]]] = None) -> None:
+        self.model, self.optimizer, self.scheduler, self.run, self.cfg = model, optimizer, scheduler, run, cfg
+        self.device, self.total_steps, self.best = device, total_steps, best
+        self.tokens_per_batch = tokens_per_batch
+        self.extra_state = extra_state or (lambda: {})
+        self.step = 0
+        self.patience_left: Optional[int] = None
+        self._signal: Optional[int] = None
+        self.autocast = (
+            torch.autocast(device.type, dtype=torch.bfloat16)
+            if cfg.precision == "bf16" else contextlib.nullcontext()
+        )
+        if cfg.precision not in ("fp32", "bf16"):
+            raise UsageError(f"trainer.precision must be fp32 or bf16, got {cfg.precision!r}")
+        if cfg.grad_accum < 1 or cfg.batch_size < 1:
+            raise UsageError("trainer.batch_size and trainer.grad_accum must be >= 1")
+        if cfg.log_every < 1 or cfg.eval_every < 1:
+            raise UsageError("trainer.log_every and trainer.eval_every must be >= 1")
+
+    # -- state -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+            "best": {"metric": self.best.metric, "value": self.best.value},
+            **self.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.best.value = state["best"]["value"]
+
+    def save(self, name: str) -> None:
+        path = save_checkpoint(self.run.checkpoints, name, self.model,
+                               state=self.state_dict() if name == "last" else None,
+                               meta={"step": self.step, **({self.best.metric: self.best.value} if name == "best" else {})})
+        self.run.manifest["checkpoints"][name] = {"path": str(path.relative_to(self.run.path)), "step": self.step}
+        self.run.update(step=self.step)
+
+    # -- signals -----------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: abort at once
+        self._signal = signum
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        previous = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, self._on_signal)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    # -- loop --------------------------------------------------------------------------------------
+    def fit(self, batches: Iterator[Any], step_fn: Callable[[Any], dict[str, torch.Tensor]],
+            eval_fn: Callable[[], dict[str, float]]) -> dict[str, float]:
+        cfg = self.cfg
+        progress = Progress(self.total_steps, cfg.progress, start=self.step, desc=self.run.command)
+        final: dict[str, float] = {}
+        loss_acc = torch.zeros((), device=self.device)
+        n_acc, t_last = 0, time.perf_counter()
+        self.model.train()
+        try:
+            with self._signals():
+                while self.step < self.total_steps:
+                    for _ in range(cfg.grad_accum):
+                        batch = next(batches)
+                        with self.autocast:
+                            out = step_fn(batch)
+                        (out["loss"] / cfg.grad_accum).backward()
+                        loss_acc += out["loss"].detach() / cfg.grad_accum
+                    if self.device.type == "cpu" or (self.step + 1) % cfg.log_every == 0:
+                        self._check_finite(loss_acc, n_acc)
+                    if cfg.clip_grad:
+                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scheduler.step()
+                    self.step += 1
+                    n_acc += 1
+                    if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                        now = time.perf_counter()
+                        loss = loss_acc.item() / n_acc
+                        values = {"loss": loss, "lr": self.scheduler.get_last_lr()[0]}
+                        if self.tokens_per_batch:
+                            values["tokens_per_s"] = self.tokens_per_batch * cfg.grad_accum * n_acc / (now - t_last)
+                        self.run.log(self.step, "train", **values)
+                        final["train/loss"] = loss
+                        progress.update(self.step, **values)
+                        loss_acc.zero_()
+                        n_acc, t_last = 0, time.perf_counter()
+                    if self.step % cfg.eval_every == 0 or self.step == self.total_steps:
+                        final.update(self._evaluate(eval_fn, progress))
+                        t_last = time.perf_counter()
+                        if self.patience_left == 0:
+                            progress.message(f"early stopping at step {self.step}: {self.best.metric} has not "
+                                             f"improved for {cfg.get('patience')} evaluations")
+                            break
+                    elif cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                        self.save("last")
+                    if self._signal is not None:
+                        self.save("last")
+                        name = signal.Signals(self._signal).name
+                        raise Interrupted(f"{name} at step {self.step}; checkpoint written to "
+                                          f"{self.run.checkpoints / 'last'}", 128 + self._signal)
+        finally:
+            progress.close()
+        if self.best.value is not None:
+            final[f"best/{self.best.metric}"] = self.best.value
+        return final
+
+    def _check_finite(self, loss_acc: torch.Tensor, n_acc: int) -> None:
+        if not torch.isfinite(loss_acc).item():
+            last = self.run.manifest["checkpoints"].get("last")
+            where = f"last good checkpoint: {self.run.path / last['path']} (step {last['step']})" if last else \
+                "no checkpoint was written yet"
+            raise RunFailed(f"non-finite loss at step {self.step + 1}; {where}. Lower optim.lr, "
+                            "enable trainer.clip_grad, or check the data.")
+
+    def _evaluate(self, eval_fn: Callable[[], dict[str, float]], progress: Progress) -> dict[str, float]:
+        self.model.eval()
+        with torch.no_grad(), self.autocast:
+            metrics = eval_fn()
+        self.model.train()
+        self.run.log(self.step, "val", **metrics)
+        progress.message(f"[val] step {self.step}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        prefixed = {f"val/{k}": v for k, v in metrics.items()}
+        if self.best.improved(prefixed):
+            self.save("best")
+            if self.patience_left is not None:
+                self.patience_left = self.cfg.get("patience")
+        elif self.patience_left is not None:
+            self.patience_left -= 1
+        self.save("last")
+        return prefixed
