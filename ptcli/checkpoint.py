@@ -77,9 +77,11 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
                          "use another checkpoint (checkpoints/best or checkpoints/last).") from exc
 
 
-def load_into(model: nn.Module, path: Path, strict: bool = True) -> list[str]:
-    """Load a checkpoint's weights; with ``strict=False`` return the model keys it lacked."""
+def load_into(model: nn.Module, path: Path, strict: bool = True, prefix: str = "") -> list[str]:
+    """Load a checkpoint's weights (only keys under ``prefix``, stripped); return model keys it lacked."""
     tensors = load_weights(path)
+    if prefix:
+        tensors = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     try:
         result = model.load_state_dict(tensors, strict=strict)
     except RuntimeError as exc:

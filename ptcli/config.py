@@ -77,6 +77,8 @@ class AdamWConfig:
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
+    # Fine-tuning: learning rate of the freshly initialized head (null = same as lr).
+    head_lr: Optional[float] = None
 
 
 @dataclass
@@ -102,6 +104,8 @@ class TrainerConfig:
     # Also write checkpoints/last every N steps (0 = only at evaluations and at the end).
     checkpoint_every: int = 0
     keep_last: int = 1
+    # Early stopping: stop after this many evaluations without improvement (null = never).
+    patience: Optional[int] = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     strategy: str = "single"  # single | ddp | fsdp

@@ -35,6 +35,7 @@ def launch(command: str, args: list[str], json_out: bool = False) -> int:
     from ptcli import tasks
 
     tasks.STATE.reset(command=command, json_out=json_out)
+    _quiet_libraries()
     saved_argv, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     sys.argv = [f"ptcli-{command}", *args]
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -63,6 +64,16 @@ def launch(command: str, args: list[str], json_out: bool = False) -> int:
         else:
             os.environ["HYDRA_FULL_ERROR"] = saved_env
     return tasks.STATE.exit_code()
+
+
+def _quiet_libraries() -> None:
+    """Library progress bars would drown ptcli's own progress in CI logs."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    if not debug_enabled():
+        import datasets
+
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
 
 
 def _report(exc: BaseException, cause: BaseException | None = None) -> None:

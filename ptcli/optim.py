@@ -10,15 +10,28 @@ from torch import nn
 from ptcli.errors import UsageError
 
 
-def build_adamw(model: nn.Module, lr: float, weight_decay: float, betas: list[float], eps: float) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not on norms, biases or 1-d parameters)."""
-    if lr <= 0:
-        raise UsageError(f"optim.lr must be positive, got {lr}")
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def build_adamw(model: nn.Module, lr: float, weight_decay: float, betas: list[float], eps: float,
+                head_lr: float | None = None) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on norms, biases or 1-d parameters).
+
+    A model with a ``head`` (a classifier) gets ``head_lr`` for it: a fresh head wants a larger step
+    than a pre-trained encoder.
+    """
+    for key, value in (("lr", lr), ("head_lr", head_lr)):
+        if value is not None and value <= 0:
+            raise UsageError(f"optim.{key} must be positive, got {value}")
+    head = getattr(model, "head", None)
+    head_ids = {id(p) for p in head.parameters()} if head is not None and head_lr is not None else set()
+    groups = []
+    for is_head in (False, True):
+        decay, no_decay = [], []
+        for p in model.parameters():
+            if p.requires_grad and (id(p) in head_ids) == is_head:
+                (decay if p.ndim >= 2 else no_decay).append(p)
+        group_lr = head_lr if is_head else lr
+        groups += [{"params": decay, "weight_decay": weight_decay, "lr": group_lr},
+                   {"params": no_decay, "weight_decay": 0.0, "lr": group_lr}]
+    groups = [g for g in groups if g["params"]]
     # The fused kernel exists for CPU and CUDA in torch >= 2.4 and is the fastest path on both.
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=True)
 

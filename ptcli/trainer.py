@@ -87,7 +87,7 @@ class Trainer:
         self.tokens_per_batch = tokens_per_batch
         self.extra_state = extra_state or (lambda: {})
         self.step = 0
-        self.patience_left: Optional[int] = None
+        self.patience_left: Optional[int] = cfg.get("patience")
         self._signal: Optional[int] = None
         self.autocast = (
             torch.autocast(device.type, dtype=torch.bfloat16)

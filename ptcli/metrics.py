@@ -1,0 +1,34 @@
+"""Classification metrics from a confusion matrix (no extra dependency, exact for any label set)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true), np.asarray(y_pred)), 1)
+    return cm
+
+
+def classification_report(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> dict:
+    """Accuracy, macro-F1 and per-class precision/recall/F1/support; rows of ``confusion`` = true class."""
+    cm = confusion_matrix(y_true, y_pred, len(names))
+    tp = np.diag(cm).astype(float)
+    support = cm.sum(1)
+    predicted = cm.sum(0)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    present = support > 0  # macro average over classes that occur in the evaluated split
+    return {
+        "accuracy": float(tp.sum() / max(cm.sum(), 1)),
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "per_class": {
+            n: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for n, p, r, f, s in zip(names, precision, recall, f1, support)
+        },
+        "confusion": cm.tolist(),
+        "labels": list(names),
+    }

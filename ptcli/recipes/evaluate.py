@@ -1,0 +1,132 @@
+"""Recipe: score a finished run on held-out data.
+
+The run's own ``config.yaml`` rebuilds the model (only ptcli ``_target_``s are accepted), its
+``tokenizer/`` and ``labels.json`` are reused, and its best checkpoint is loaded. The data is the
+run's own unless ``data...`` overrides point elsewhere (``data=text data.test=FILE``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from ptcli.build import check_targets, instantiate
+from ptcli.checkpoint import is_complete, load_into
+from ptcli.data.labels import LabelMap
+from ptcli.data.text import pack_blocks, tokenize_texts
+from ptcli.errors import UsageError
+from ptcli.rundir import RunDir, atomic_write_text
+from ptcli.tokenizer import load_tokenizer
+from ptcli.trainer import pick_device, seed_everything
+
+
+def _checkpoint(target: RunDir):
+    for name in ("best", "last"):
+        if is_complete(target.checkpoints / name):
+            return target.checkpoints / name
+    raise UsageError(f"{target.path}: no complete checkpoint (checkpoints/best or checkpoints/last).")
+
+
+def _data_config(cfg: DictConfig, target_cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """The evaluated run's data, unless the user pointed ``data`` elsewhere on this command line."""
+    if any(o.lstrip("+~").split("=", 1)[0].split(".")[0] == "data" for o in overrides):
+        return cfg.data
+    return target_cfg.data
+
+
+def _eval_split(splits: dict[str, Any]) -> str:
+    for name in ("test", "validation"):
+        if name in splits and len(splits[name]):
+            return name
+    raise UsageError("no test or validation data to evaluate on; pass data.test=FILE")
+
+
+def evaluate(cfg: DictConfig, run: RunDir) -> dict[str, float]:
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.trainer.device)
+    target = RunDir.load(cfg.run_dir)
+    target_cfg = target.config()
+    check_targets(target_cfg, str(target.path / "config.yaml"))
+    command = target.manifest.get("command")
+    data_cfg = _data_config(cfg, target_cfg, run.manifest["overrides"])
+    run.update(evaluated_run=str(target.path), evaluated_command=command)
+    if command == "pretrain":
+        metrics, details = _evaluate_mlm(target, target_cfg, data_cfg, device, cfg.seed)
+    elif command == "finetune":
+        metrics, details = _evaluate_classifier(target, target_cfg, data_cfg, device, cfg.seed)
+    else:
+        raise UsageError(f"{target.path} is a '{command}' run; evaluate takes a pretrain or finetune run.")
+    atomic_write_text(run.path / "evaluation.json", json.dumps(details, indent=2) + "\n")
+    _print_table(metrics, details)
+    return metrics
+
+
+def _evaluate_mlm(target: RunDir, tcfg: DictConfig, data_cfg: DictConfig, device: torch.device, seed: int):
+    from ptcli.recipes.pretrain import build_mlm, evaluate_mlm
+
+    tok = load_tokenizer(target.tokenizer_dir)
+    model = build_mlm(tcfg, tok)
+    ckpt = _checkpoint(target)
+    load_into(model, ckpt)
+    model.to(device).eval()
+    splits = instantiate(data_cfg, "data", seed=seed).load()
+    split = _eval_split(splits)
+    blocks = pack_blocks(splits[split], tok, int(tcfg.data.block_size), f"data {split} split")
+    m = evaluate_mlm(model, blocks, int(tcfg.trainer.batch_size), device)
+    short = "test" if split == "test" else "val"
+    metrics = {f"{short}/{k}": v for k, v in m.items()}
+    details = {"run": str(target.path), "checkpoint": str(ckpt), "split": split, "blocks": len(blocks),
+               "protocol": {"mask_rate": float(tcfg.objective.mask_rate), "mask_seed": "fixed (1234)",
+                            "block_size": int(tcfg.data.block_size)}, "metrics": metrics}
+    return metrics, details
+
+
+def _evaluate_classifier(target: RunDir, tcfg: DictConfig, data_cfg: DictConfig, device: torch.device, seed: int):
+    from ptcli.recipes.finetune import build_classifier, score
+
+    tok = load_tokenizer(target.tokenizer_dir)
+    labels = LabelMap.load(target.path / "labels.json")
+    model = build_classifier(tcfg.model, tok.get_vocab_size(), len(labels.names))
+    ckpt = _checkpoint(target)
+    load_into(model, ckpt)
+    model.to(device).eval()
+    splits = instantiate(data_cfg, "data", seed=seed).load()
+    split = _eval_split(splits)
+    ds = splits[split]
+    if "label" not in ds.column_names:
+        raise UsageError(f"the {split} data has no label column '{data_cfg.label_column}'; set data.label_column.")
+    ds = ds.filter(lambda b: [v is not None for v in b["label"]], batched=True)
+    y = labels.encode(ds["label"], f"data.label_column [{split}]")
+    seqs = tokenize_texts(ds, tok, int(tcfg.model.max_len), f"data {split} split")
+    report = score(model, seqs, y, labels, tok.token_to_id("[PAD]"), device)
+    short = "test" if split == "test" else "val"
+    metrics = {f"{short}/accuracy": report["accuracy"], f"{short}/macro_f1": report["macro_f1"],
+               f"{short}/loss": report["loss"]}
+    details = {"run": str(target.path), "checkpoint": str(ckpt), "split": split, "examples": len(seqs),
+               "metrics": metrics, **report}
+    return metrics, details
+
+
+def _print_table(metrics: dict[str, float], details: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)  # stdout is reserved for --json
+    table = Table(title=f"evaluate {details['run']} ({details['split']})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.4f}")
+    console.print(table)
+    if "per_class" in details:
+        pc = Table(title="per class")
+        for col in ("class", "precision", "recall", "f1", "support"):
+            pc.add_column(col, justify="left" if col == "class" else "right")
+        for name, r in details["per_class"].items():
+            pc.add_row(name, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
+        console.print(pc)
+    sys.stderr.flush()

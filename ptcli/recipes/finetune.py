@@ -1,0 +1,190 @@
+"""Recipe: fine-tune a classifier on labeled text, from a pretrain run or from random init.
+
+``pretrained=RUN_DIR`` supplies architecture, tokenizer and weights; ``init=random`` keeps that
+architecture and tokenizer with fresh weights (the fair baseline). Without ``pretrained`` the model
+comes from ``model=`` and a tokenizer is trained on the labeled training split.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from ptcli.build import check_targets, instantiate
+from ptcli.checkpoint import is_complete, load_into
+from ptcli.data.labels import LabelMap, stratified_subsample
+from ptcli.data.text import SeededBatches, pad_batch, tokenize_texts
+from ptcli.errors import UsageError
+from ptcli.metrics import classification_report
+from ptcli.models.classifier import SequenceClassifier
+from ptcli.recipes.pretrain import configure_torch
+from ptcli.rundir import RunDir, atomic_write_text
+from ptcli.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
+from ptcli.trainer import BestTracker, Trainer, pick_device, seed_everything
+
+
+class ClassBatches(SeededBatches):
+    def __init__(self, seqs: list[list[int]], labels: np.ndarray, batch_size: int, seed: int, pad_id: int) -> None:
+        super().__init__(len(seqs), min(batch_size, len(seqs)), seed, what="labeled training examples")
+        self.seqs, self.labels, self.pad_id = seqs, torch.from_numpy(labels), pad_id
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx = self.next_indices().tolist()
+        ids, mask = pad_batch([self.seqs[i] for i in idx], self.pad_id)
+        return ids, mask, self.labels[idx]
+
+
+def source_checkpoint(run: RunDir) -> Path:
+    for name in ("best", "last"):
+        path = run.checkpoints / name
+        if is_complete(path):
+            return path
+    raise UsageError(f"pretrained={run.path}: no complete checkpoint in {run.checkpoints} "
+                     f"(run status: {run.manifest.get('status')}).")
+
+
+def load_pretrained(path: str, overrides: list[str]) -> tuple[RunDir, DictConfig]:
+    """The pretrain run and its config, refusing foreign ``_target_``s and conflicting model overrides."""
+    source = RunDir.load(path)
+    if source.manifest.get("command") != "pretrain":
+        raise UsageError(f"pretrained={path} is a '{source.manifest.get('command')}' run; pass a pretrain run "
+                         "directory (outputs/pretrain/<timestamp>).")
+    src_cfg = source.config()
+    check_targets(src_cfg, f"{source.path / 'config.yaml'}")
+    for ov in overrides:
+        key, _, value = ov.lstrip("+~").partition("=")
+        if key == "model" or key.startswith("model."):
+            current = OmegaConf.select(src_cfg, key) if key != "model" else None
+            if key == "model" or str(current) != value:
+                raise UsageError(f"override '{ov}' conflicts with pretrained={path}, whose architecture is fixed "
+                                 f"({key}={current}). Drop the model override: the architecture comes from the "
+                                 "pretrained run.")
+    return source, src_cfg
+
+
+def load_labeled_splits(cfg: DictConfig, run: RunDir) -> tuple[dict[str, Any], LabelMap]:
+    splits = instantiate(cfg.data, "data", seed=cfg.seed).load()
+    where = f"data.label_column='{cfg.data.label_column}'"
+    if "label" not in splits["train"].column_names:
+        raise UsageError(f"{where}: the training data has no label column; columns are "
+                         f"{', '.join(splits['train'].column_names)}. Set data.label_column=<column>.")
+    # Unlabeled rows (e.g. pydocs packages outside the top N) are not part of the task.
+    splits = {name: ds.filter(lambda b: [v is not None for v in b["label"]], batched=True)
+              for name, ds in splits.items() if "label" in ds.column_names}
+    labels = LabelMap.fit(splits["train"]["label"], where)
+    labels.save(run.path / "labels.json")
+    if cfg.data.labels_per_class is not None:
+        y = labels.encode(splits["train"]["label"], f"{where} [train]")
+        keep = stratified_subsample(y, int(cfg.data.labels_per_class), cfg.seed)
+        splits["train"] = splits["train"].select(keep.tolist())
+        atomic_write_text(run.path / "subsample.json",
+                          json.dumps({"labels_per_class": cfg.data.labels_per_class, "seed": cfg.seed,
+                                      "train_indices": keep.tolist()}) + "\n")
+    return splits, labels
+
+
+@torch.no_grad()
+def predict(model: SequenceClassifier, seqs: list[list[int]], pad_id: int, device: torch.device,
+            batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Logits for ``seqs`` in order (sorted by length inside, so padding stays small)."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    logits = torch.empty(len(seqs), model.num_classes)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        ids, mask = pad_batch([seqs[i] for i in idx], pad_id)
+        logits[idx] = model(ids.to(device), mask.to(device)).float().cpu()
+    return logits.numpy(), logits.argmax(-1).numpy()
+
+
+def score(model: SequenceClassifier, seqs: list[list[int]], y: np.ndarray, labels: LabelMap, pad_id: int,
+          device: torch.device) -> dict[str, Any]:
+    logits, pred = predict(model, seqs, pad_id, device)
+    report = classification_report(y, pred, labels.names)
+    report["loss"] = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y)).item())
+    return report
+
+
+def build_classifier(model_cfg: DictConfig, vocab_size: int, num_classes: int) -> SequenceClassifier:
+    encoder = instantiate(model_cfg, "model", vocab_size=vocab_size)
+    return SequenceClassifier(encoder, num_classes)
+
+
+def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
+    configure_torch(cfg)
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.trainer.device)
+    if cfg.init not in ("pretrained", "random"):
+        raise UsageError(f"init must be 'pretrained' or 'random', got {cfg.init!r}")
+
+    # Backbone: architecture + tokenizer from the pretrain run, or from this config.
+    source: Optional[RunDir] = None
+    if cfg.pretrained:
+        source, src_cfg = load_pretrained(cfg.pretrained, run.manifest["overrides"])
+        cfg.model = src_cfg.model
+        tok = load_tokenizer(source.tokenizer_dir)
+    elif cfg.init == "pretrained" and cfg.freeze_encoder:
+        raise UsageError("freeze_encoder=true without pretrained=RUN_DIR would train a head on random features.")
+    splits, labels = load_labeled_splits(cfg, run)
+    if source is None:
+        tok = build_tokenizer(cfg.tokenizer, splits["train"])
+    save_tokenizer(tok, run.tokenizer_dir)
+    atomic_write_text(run.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))  # the real architecture
+
+    max_len = int(cfg.model.max_len)
+    pad_id = tok.token_to_id("[PAD]")
+    seqs = {s: tokenize_texts(ds, tok, max_len, f"data {s} split") for s, ds in splits.items()}
+    ys = {s: labels.encode(ds["label"], f"data.label_column [{s}]") for s, ds in splits.items()}
+    if "validation" not in seqs or len(seqs["validation"]) == 0:
+        raise UsageError("no labeled validation examples; pass data.validation=FILE or more data.")
+
+    model = build_classifier(cfg.model, tok.get_vocab_size(), len(labels.names))
+    if source is not None and cfg.init == "pretrained":
+        ckpt = source_checkpoint(source)
+        missing = load_into(model.encoder, ckpt, strict=False, prefix="encoder.")
+        if missing:
+            raise UsageError(f"pretrained={cfg.pretrained}: checkpoint {ckpt} lacks encoder weights {missing[:5]}.")
+        run.update(pretrained={"run": str(source.path), "checkpoint": str(ckpt)})
+    if cfg.freeze_encoder:
+        model.encoder.requires_grad_(False)
+    model.to(device)
+
+    optimizer = instantiate(cfg.optim, "optim", model=model)
+    total = int(cfg.trainer.max_steps or cfg.trainer.max_epochs * max(1, len(seqs["train"]) // cfg.trainer.batch_size))
+    scheduler = instantiate(cfg.schedule, "schedule", optimizer=optimizer, total_steps=total)
+    batches = ClassBatches(seqs["train"], ys["train"], cfg.trainer.batch_size, cfg.seed, pad_id)
+    run.update(data={"train_examples": len(seqs["train"]), "val_examples": len(seqs["validation"]),
+                     "test_examples": len(seqs.get("test", [])), "classes": len(labels.names)})
+
+    def step_fn(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        ids, mask, y = (t.to(device, non_blocking=True) for t in batch)
+        if cfg.freeze_encoder:
+            model.encoder.eval()  # a linear probe: no dropout noise in frozen features
+        return {"loss": F.cross_entropy(model(ids, mask).float(), y)}
+
+    def eval_fn() -> dict[str, float]:
+        r = score(model, seqs["validation"], ys["validation"], labels, pad_id, device)
+        return {"loss": r["loss"], "accuracy": r["accuracy"], "macro_f1": r["macro_f1"]}
+
+    trainer = Trainer(model, optimizer, scheduler, run, cfg.trainer, device, total,
+                      BestTracker("val/accuracy", "max"),
+                      extra_state=lambda: {"batches": batches.state_dict()})
+    metrics = trainer.fit(batches, step_fn, eval_fn)
+
+    # Final scores come from the best checkpoint, on validation and (when present) test.
+    load_into(model, run.checkpoints / "best")
+    model.eval()
+    for split in ("validation", "test"):
+        if split in seqs and len(seqs[split]):
+            r = score(model, seqs[split], ys[split], labels, pad_id, device)
+            short = "val" if split == "validation" else "test"
+            metrics.update({f"{short}/accuracy": r["accuracy"], f"{short}/macro_f1": r["macro_f1"],
+                            f"{short}/loss": r["loss"]})
+            if split == "test":
+                atomic_write_text(run.path / "test_report.json", json.dumps(r, indent=2) + "\n")
+    return metrics
