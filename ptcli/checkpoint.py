@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,8 +33,8 @@ def _fsync_dir(path: Path) -> None:
         pass
 
 
-def save_checkpoint(root: Path, name: str, model: nn.Module, state: Optional[dict[str, Any]] = None,
-                    meta: Optional[dict[str, Any]] = None) -> Path:
+def save_checkpoint(root: Path, name: str, model: nn.Module, state: dict[str, Any] | None = None,
+                    meta: dict[str, Any] | None = None) -> Path:
     from safetensors.torch import save_file
 
     root.mkdir(parents=True, exist_ok=True)

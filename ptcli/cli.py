@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
 from ptcli import __version__
 
 HYDRA_HELP = """
-[bold]Overrides[/bold] use Hydra's grammar: [cyan]key=value[/cyan], [cyan]group=option[/cyan], [cyan]+key=value[/cyan] (add),
-[cyan]~key[/cyan] (delete), [cyan]key=a,b[/cyan] or [cyan]key=range(1,4)[/cyan] with [cyan]-m[/cyan] (sweep).
+[bold]Overrides[/bold] use Hydra's grammar: [cyan]key=value[/cyan], [cyan]group=option[/cyan],
+[cyan]+key=value[/cyan] (add), [cyan]~key[/cyan] (delete),
+[cyan]key=a,b[/cyan] or [cyan]key=range(1,4)[/cyan] with [cyan]-m[/cyan] (sweep).
 
 [bold]Config groups[/bold]: model (transformer), objective (mlm), data (pydocs, text, hf),
 trainer (default, finetune), optim (adamw), schedule (cosine, linear, constant), debug (smoke),
@@ -69,7 +69,7 @@ def _root(
     """Pre-train neural networks on unlabeled data, then fine-tune them on few labels."""
 
 
-def _hydra(command: str, ctx: typer.Context, overrides: Optional[List[str]], json_out: bool) -> None:
+def _hydra(command: str, ctx: typer.Context, overrides: list[str] | None, json_out: bool) -> None:
     from ptcli.launch import launch
 
     args = list(overrides or []) + list(ctx.args)
@@ -79,7 +79,9 @@ def _hydra(command: str, ctx: typer.Context, overrides: Optional[List[str]], jso
 @app.command(context_settings=PASSTHROUGH, epilog=HYDRA_HELP)
 def pretrain(
     ctx: typer.Context,
-    overrides: Optional[List[str]] = typer.Argument(None, help="Hydra overrides, e.g. model.dim=128 trainer.max_steps=500"),
+    overrides: list[str] | None = typer.Argument(
+        None, help="Hydra overrides, e.g. model.dim=128 trainer.max_steps=500"
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
     """Pre-train an encoder on unlabeled data (default: a transformer, MLM, on Python's docstrings)."""
@@ -89,7 +91,7 @@ def pretrain(
 @app.command(context_settings=PASSTHROUGH, epilog=HYDRA_HELP)
 def finetune(
     ctx: typer.Context,
-    overrides: Optional[List[str]] = typer.Argument(
+    overrides: list[str] | None = typer.Argument(
         None, help="Hydra overrides, e.g. pretrained=outputs/pretrain/... data.labels_per_class=16"
     ),
     json_out: bool = JsonOpt,
@@ -102,7 +104,7 @@ def finetune(
 def evaluate(
     ctx: typer.Context,
     run_dir: Path = typer.Argument(..., help="A finished run directory."),
-    overrides: Optional[List[str]] = typer.Argument(None, help="Hydra overrides, e.g. data=text data.test=test.csv"),
+    overrides: list[str] | None = typer.Argument(None, help="Hydra overrides, e.g. data=text data.test=test.csv"),
     json_out: bool = JsonOpt,
 ) -> None:
     """Score a finished run on held-out data (the test split unless overrides point elsewhere)."""

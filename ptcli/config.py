@@ -8,7 +8,7 @@ Importing this module is cheap (no torch): the CLI imports it on every training 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -42,21 +42,21 @@ class DataConfig:
     # data=pydocs
     num_labels: int = 20
     # data=text: file paths (csv, tsv, json, jsonl, parquet or txt, by extension)
-    train: Optional[str] = None
-    validation: Optional[str] = None
-    test: Optional[str] = None
+    train: str | None = None
+    validation: str | None = None
+    test: str | None = None
     # data=hf: a datasets hub name or local dataset directory
-    name: Optional[str] = None
-    config: Optional[str] = None
+    name: str | None = None
+    config: str | None = None
     text_column: str = "text"
     label_column: str = "label"
     # Share of train held out (seeded) for validation/test when the source has no such split.
     val_fraction: float = 0.05
     test_fraction: float = 0.05
     # Fine-tuning: stratified, seeded subsample of the training split; null = all.
-    labels_per_class: Optional[int] = None
+    labels_per_class: int | None = None
     # Keep at most this many training examples (quick experiments and CI); null = all.
-    max_train_examples: Optional[int] = None
+    max_train_examples: int | None = None
     block_size: int = 128
 
 
@@ -67,7 +67,7 @@ class TokenizerConfig:
     lowercase: bool = True
     min_frequency: int = 2
     # An existing tokenizer.json (or a directory holding one) instead of training.
-    path: Optional[str] = None
+    path: str | None = None
 
 
 @dataclass
@@ -78,7 +78,7 @@ class AdamWConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
     # Fine-tuning: learning rate of the freshly initialized head (null = same as lr).
-    head_lr: Optional[float] = None
+    head_lr: float | None = None
 
 
 @dataclass
@@ -91,25 +91,25 @@ class ScheduleConfig:
 
 @dataclass
 class TrainerConfig:
-    max_steps: Optional[int] = 1000
+    max_steps: int | None = 1000
     # Used when max_steps is null: whole passes over the training blocks.
-    max_epochs: Optional[int] = None
+    max_epochs: int | None = None
     batch_size: int = 32
     grad_accum: int = 1
-    clip_grad: Optional[float] = 1.0
+    clip_grad: float | None = 1.0
     log_every: int = 25
     eval_every: int = 250
     # Validation batches per evaluation; null = the whole validation split.
-    eval_batches: Optional[int] = None
+    eval_batches: int | None = None
     # Also write checkpoints/last every N steps (0 = only at evaluations and at the end).
     checkpoint_every: int = 0
     keep_last: int = 1
     # Early stopping: stop after this many evaluations without improvement (null = never).
-    patience: Optional[int] = None
+    patience: int | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     strategy: str = "single"  # single | ddp | fsdp
-    num_threads: Optional[int] = None
+    num_threads: int | None = None
     progress: str = "auto"  # auto | bar | log | none
 
 
@@ -127,13 +127,13 @@ class RunConfig:
     optim: AdamWConfig = field(default_factory=AdamWConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     # finetune / evaluate
-    pretrained: Optional[str] = None
+    pretrained: str | None = None
     init: str = "pretrained"  # pretrained | random
     freeze_encoder: bool = False
-    resume: Optional[str] = None
-    init_from: Optional[str] = None
+    resume: str | None = None
+    init_from: str | None = None
     # evaluate: the run directory being scored
-    run_dir: Optional[str] = None
+    run_dir: str | None = None
 
 
 def register() -> None:

@@ -27,7 +27,7 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray, names: list[st
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
         "per_class": {
             n: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for n, p, r, f, s in zip(names, precision, recall, f1, support)
+            for n, p, r, f, s in zip(names, precision, recall, f1, support, strict=True)
         },
         "confusion": cm.tolist(),
         "labels": list(names),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Optional
+from typing import Any
 
 
 class Progress:
@@ -12,13 +12,13 @@ class Progress:
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "log"
         self.mode, self.total, self.desc = mode, total, desc
-        self._bar: Optional[Any] = None
+        self._bar: Any | None = None
         self._t0 = time.time()
         self._start = start
         if mode == "bar":
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress
-            from rich.progress import TextColumn, TimeElapsedColumn, TimeRemainingColumn
             from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
 
             self._bar = RichProgress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

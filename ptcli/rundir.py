@@ -20,7 +20,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -38,7 +38,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _git_commit() -> Optional[str]:
+def _git_commit() -> str | None:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -85,7 +85,7 @@ class RunDir:
         return self.manifest["command"]
 
     @classmethod
-    def start(cls, path: str | Path, cfg: DictConfig, command: str, overrides: list[str]) -> "RunDir":
+    def start(cls, path: str | Path, cfg: DictConfig, command: str, overrides: list[str]) -> RunDir:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -110,7 +110,7 @@ class RunDir:
         return run
 
     @classmethod
-    def load(cls, path: str | Path) -> "RunDir":
+    def load(cls, path: str | Path) -> RunDir:
         from ptcli.errors import UsageError
 
         path = Path(path)
@@ -149,8 +149,8 @@ class RunDir:
         self.manifest.update(fields)
         self.save()
 
-    def finish(self, status: str, metrics: Optional[dict[str, float]] = None, error: Optional[str] = None,
-               traceback: Optional[str] = None) -> None:
+    def finish(self, status: str, metrics: dict[str, float] | None = None, error: str | None = None,
+               traceback: str | None = None) -> None:
         self.manifest["status"] = status
         self.manifest["error"] = error
         if traceback:

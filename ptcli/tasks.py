@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -41,7 +41,7 @@ class LaunchState:
 STATE = LaunchState()
 
 
-def _run(command: str, cfg: DictConfig) -> Optional[float]:
+def _run(command: str, cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -106,7 +106,7 @@ def _recipe(command: str):
     raise UsageError(f"unknown command {command!r}")
 
 
-def _key_metric(metrics: dict[str, float]) -> Optional[float]:
+def _key_metric(metrics: dict[str, float]) -> float | None:
     for key in ("val/accuracy", "val/mlm_acc", "val/knn_acc", "test/accuracy", "val/loss"):
         if key in metrics:
             return float(metrics[key])
@@ -119,15 +119,15 @@ def _print_summary(run: Any, metrics: dict[str, float]) -> None:
     print(f"ptcli: run directory: {run.path}", file=sys.stderr)
 
 
-def pretrain_task(cfg: DictConfig) -> Optional[float]:
+def pretrain_task(cfg: DictConfig) -> float | None:
     return _run("pretrain", cfg)
 
 
-def finetune_task(cfg: DictConfig) -> Optional[float]:
+def finetune_task(cfg: DictConfig) -> float | None:
     return _run("finetune", cfg)
 
 
-def evaluate_task(cfg: DictConfig) -> Optional[float]:
+def evaluate_task(cfg: DictConfig) -> float | None:
     return _run("evaluate", cfg)
 
 

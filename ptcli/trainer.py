@@ -11,8 +11,9 @@ import contextlib
 import random
 import signal
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,7 +67,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 class BestTracker:
     metric: str  # e.g. "val/loss"
     mode: str  # "min" | "max"
-    value: Optional[float] = None
+    value: float | None = None
 
     def improved(self, metrics: dict[str, float]) -> bool:
         v = metrics.get(self.metric)
@@ -81,14 +82,14 @@ class BestTracker:
 class Trainer:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, run: RunDir, cfg: Any,
                  device: torch.device, total_steps: int, best: BestTracker, tokens_per_batch: int = 0,
-                 extra_state: Optional[Callable[[], dict[str, Any]]] = None) -> None:
+                 extra_state: Callable[[], dict[str, Any]] | None = None) -> None:
         self.model, self.optimizer, self.scheduler, self.run, self.cfg = model, optimizer, scheduler, run, cfg
         self.device, self.total_steps, self.best = device, total_steps, best
         self.tokens_per_batch = tokens_per_batch
         self.extra_state = extra_state or (lambda: {})
         self.step = 0
-        self.patience_left: Optional[int] = cfg.get("patience")
-        self._signal: Optional[int] = None
+        self.patience_left: int | None = cfg.get("patience")
+        self._signal: int | None = None
         self.autocast = (
             torch.autocast(device.type, dtype=torch.bfloat16)
             if cfg.precision == "bf16" else contextlib.nullcontext()
@@ -119,9 +120,9 @@ class Trainer:
         self.best.value = state["best"]["value"]
 
     def save(self, name: str) -> None:
+        meta = {"step": self.step, self.best.metric: self.best.value}
         path = save_checkpoint(self.run.checkpoints, name, self.model,
-                               state=self.state_dict() if name == "last" else None,
-                               meta={"step": self.step, **({self.best.metric: self.best.value} if name == "best" else {})})
+                               state=self.state_dict() if name == "last" else None, meta=meta)
         self.run.manifest["checkpoints"][name] = {"path": str(path.relative_to(self.run.path)), "step": self.step}
         self.run.update(step=self.step)
 

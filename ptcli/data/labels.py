@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +20,7 @@ class LabelMap:
         self.index = {n: i for i, n in enumerate(names)}
 
     @classmethod
-    def fit(cls, values: Sequence[Any], where: str = "data.label_column") -> "LabelMap":
+    def fit(cls, values: Sequence[Any], where: str = "data.label_column") -> LabelMap:
         present = [v for v in values if v is not None]
         if not present:
             raise UsageError(f"{where}: the training split has no labels. Fine-tuning needs a label column "
@@ -43,7 +44,7 @@ class LabelMap:
         path.write_text(json.dumps({"names": self.names}, indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: Path) -> "LabelMap":
+    def load(cls, path: Path) -> LabelMap:
         try:
             names = json.loads(path.read_text())["names"]
         except (OSError, ValueError, KeyError) as exc:

@@ -8,7 +8,7 @@ Bad input is a ``UsageError`` that names the config key, file and columns involv
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ptcli.errors import UsageError
 
@@ -23,7 +23,7 @@ class DataSource:
         self.text_column: str = options.get("text_column") or "text"
         self.label_column: str = options.get("label_column") or "label"
         self.val_fraction: float = float(options.get("val_fraction", 0.05))
-        self.max_train_examples: Optional[int] = options.get("max_train_examples")
+        self.max_train_examples: int | None = options.get("max_train_examples")
         self.seed: int = int(options.get("seed", 0))
 
     def describe(self) -> str:

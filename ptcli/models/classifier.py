@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -15,7 +13,7 @@ class SequenceClassifier(nn.Module):
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(encoder.dim, num_classes))
         self.num_classes = num_classes
 
-    def pool(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Pooled embedding: mean over real tokens (MLM pre-training trains no [CLS] objective)."""
         hidden = self.encoder(input_ids, attention_mask)
         if attention_mask is None:
@@ -23,5 +21,5 @@ class SequenceClassifier(nn.Module):
         m = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.pool(input_ids, attention_mask))

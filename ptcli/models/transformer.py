@@ -7,8 +7,6 @@ GELU MLP), a final LayerNorm. Biases off by default (Cramming). ``forward`` retu
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,7 +21,7 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
         self.proj = nn.Linear(dim, dim, bias=bias)
 
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
@@ -40,7 +38,7 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, ffn_dim, bias=bias), nn.GELU(), nn.Linear(ffn_dim, dim, bias=bias))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         x = x + self.drop(self.attn(self.ln1(x), attn_mask))
         return x + self.drop(self.mlp(self.ln2(x)))
 
@@ -77,7 +75,7 @@ class TransformerEncoder(nn.Module):
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``input_ids [B, T]`` -> hidden states ``[B, T, dim]``. ``attention_mask`` 1 = real token."""
         t = input_ids.shape[1]
         if t > self.max_len:

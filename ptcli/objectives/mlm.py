@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,10 +18,10 @@ def mask_tokens(
     mask_id: int,
     vocab_size: int,
     special: torch.Tensor,
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
     mask_token_share: float = 0.8,
     random_token_share: float = 0.1,
-    word_start: Optional[torch.Tensor] = None,
+    word_start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Select non-special tokens with probability ``mask_rate``; of those, ``mask_token_share`` become
     [MASK], ``random_token_share`` a random token, the rest stay. Returns ``(inputs, labels)`` with
@@ -52,7 +50,7 @@ def mask_tokens(
 class MaskedLM(nn.Module):
     """Encoder + MLM head (dense, GELU, LayerNorm, decoder tied to the token embedding)."""
 
-    def __init__(self, encoder: nn.Module, special_ids: list[int], mask_id: int, word_start: Optional[torch.Tensor] = None,
+    def __init__(self, encoder: nn.Module, special_ids: list[int], mask_id: int, word_start: torch.Tensor | None = None,
                  mask_rate: float = 0.15, mask_token_share: float = 0.8, random_token_share: float = 0.1,
                  whole_word: bool = False) -> None:
         super().__init__()
@@ -74,8 +72,9 @@ class MaskedLM(nn.Module):
             raise UsageError("objective.whole_word=true needs a WordPiece tokenizer (tokenizer.kind=wordpiece)")
         self.register_buffer("word_start", word_start if whole_word else None, persistent=False)
 
-    def mask(self, input_ids: torch.Tensor, generator: Optional[torch.Generator] = None):
-        return mask_tokens(input_ids, mask_rate=self.mask_rate, mask_id=self.mask_id, vocab_size=self.encoder.vocab_size,
+    def mask(self, input_ids: torch.Tensor, generator: torch.Generator | None = None):
+        return mask_tokens(input_ids, mask_rate=self.mask_rate, mask_id=self.mask_id,
+                           vocab_size=self.encoder.vocab_size,
                            special=self.special, generator=generator, mask_token_share=self.mask_token_share,
                            random_token_share=self.random_token_share, word_start=self.word_start)
 
@@ -92,7 +91,7 @@ class MaskedLM(nn.Module):
         return {"loss": loss_sum / max(n, 1), "loss_sum": loss_sum.detach(), "correct": correct, "count": n}
 
 
-def word_start_table(tok) -> Optional[torch.Tensor]:
+def word_start_table(tok) -> torch.Tensor | None:
     """``[vocab]`` bool: the token starts a word (WordPiece continuation tokens start with '##')."""
     vocab = tok.get_vocab()
     if not any(t.startswith("##") for t in vocab):

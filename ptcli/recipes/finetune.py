@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -123,7 +123,7 @@ def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
         raise UsageError(f"init must be 'pretrained' or 'random', got {cfg.init!r}")
 
     # Backbone: architecture + tokenizer from the pretrain run, or from this config.
-    source: Optional[RunDir] = None
+    source: RunDir | None = None
     if cfg.pretrained:
         source, src_cfg = load_pretrained(cfg.pretrained, run.manifest["overrides"])
         cfg.model = src_cfg.model

@@ -1,0 +1,62 @@
+"""Shared fixtures: offline, isolated caches, and a helper that runs the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+os.environ.update(OFFLINE)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["PTCLI_CACHE"] = str(path / "ptcli")
+    os.environ["HF_DATASETS_CACHE"] = str(path / "hf")
+    return path
+
+
+class Result:
+    def __init__(self, proc: subprocess.CompletedProcess) -> None:
+        self.code, self.stdout, self.stderr = proc.returncode, proc.stdout, proc.stderr
+
+    def __repr__(self) -> str:
+        return f"exit {self.code}\n--- stdout\n{self.stdout[-3000:]}\n--- stderr\n{self.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="session")
+def ptcli(cache_dir):
+    """Run ``python -m ptcli ARGS`` (the real entry point) and return exit code and output."""
+
+    def run(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300) -> Result:
+        full_env = {**os.environ, **OFFLINE, "PTCLI_CACHE": str(cache_dir / "ptcli"),
+                    "HF_DATASETS_CACHE": str(cache_dir / "hf"), **(env or {})}
+        full_env.pop("PTCLI_DEBUG", None)
+        proc = subprocess.run([sys.executable, "-m", "ptcli", *args], capture_output=True, text=True,
+                              cwd=cwd, env=full_env, timeout=timeout)
+        return Result(proc)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def smoke_pretrain(ptcli, tmp_path_factory) -> Path:
+    """One tiny completed pretrain run, shared by tests that need a pretrained encoder."""
+    run_dir = tmp_path_factory.mktemp("runs") / "pretrain"
+    r = ptcli("pretrain", "debug=smoke", f"hydra.run.dir={run_dir}")
+    assert r.code == 0, r
+    return run_dir
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def read_manifest(run_dir: Path) -> dict:
+    return json.loads((run_dir / "run.json").read_text())

@@ -1,0 +1,129 @@
+"""Unit tests of the building blocks: masking, packing, model, labels, checkpoints, safety."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from ptcli.build import check_targets, instantiate
+from ptcli.checkpoint import load_into, save_checkpoint
+from ptcli.data.labels import LabelMap, stratified_subsample
+from ptcli.errors import UsageError
+from ptcli.models.transformer import TransformerEncoder
+from ptcli.objectives.mlm import IGNORE, mask_tokens
+
+VOCAB = 1000
+SPECIAL = torch.zeros(VOCAB, dtype=torch.bool)
+SPECIAL[:5] = True
+
+
+def _ids(b=64, t=128, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, VOCAB, (b, t), generator=g)
+    ids[:, 0] = 2  # [CLS]
+    ids[:, -1] = 3  # [SEP]
+    return ids
+
+
+def test_masking_invariants():
+    ids = _ids()
+    g = torch.Generator().manual_seed(1)
+    inputs, labels = mask_tokens(ids, mask_rate=0.15, mask_id=4, vocab_size=VOCAB, special=SPECIAL, generator=g)
+    selected = labels != IGNORE
+    assert not selected[:, 0].any() and not selected[:, -1].any()  # special tokens never masked
+    assert torch.equal(labels[selected], ids[selected])
+    assert torch.equal(inputs[~selected], ids[~selected])  # unselected positions untouched
+    rate = selected.float().mean().item()
+    assert 0.13 < rate < 0.17
+    to_mask = (inputs == 4) & selected
+    kept = (inputs == ids) & selected
+    n = selected.sum().item()
+    assert 0.75 < to_mask.sum().item() / n < 0.85
+    assert 0.06 < kept.sum().item() / n < 0.14
+
+
+def test_masking_is_deterministic_given_generator():
+    ids = _ids()
+    a = mask_tokens(ids, mask_rate=0.3, mask_id=4, vocab_size=VOCAB, special=SPECIAL,
+                    generator=torch.Generator().manual_seed(7))
+    b = mask_tokens(ids, mask_rate=0.3, mask_id=4, vocab_size=VOCAB, special=SPECIAL,
+                    generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_whole_word_masking_selects_words_together():
+    word_start = torch.ones(VOCAB, dtype=torch.bool)
+    word_start[500:] = False  # ids >= 500 are '##' continuations
+    ids = _ids(seed=3)
+    _, labels = mask_tokens(ids, mask_rate=0.3, mask_id=4, vocab_size=VOCAB, special=SPECIAL,
+                            generator=torch.Generator().manual_seed(0), word_start=word_start)
+    sel = labels != IGNORE
+    cont = ~word_start[ids] & ~SPECIAL[ids]
+    # A continuation token is selected exactly when the token before it (same word) is.
+    prev = torch.roll(sel, 1, dims=1)
+    assert torch.equal(sel[:, 1:][cont[:, 1:]], prev[:, 1:][cont[:, 1:]])
+    assert sel.any()
+
+
+def test_encoder_shapes_and_padding_invariance():
+    torch.manual_seed(0)
+    enc = TransformerEncoder(vocab_size=VOCAB, dim=32, layers=2, heads=4, ffn_dim=64, max_len=16).eval()
+    ids = torch.randint(5, VOCAB, (2, 10))
+    out = enc(ids)
+    assert out.shape == (2, 10, 32)
+    padded = torch.cat([ids, torch.zeros(2, 6, dtype=torch.long)], 1)
+    mask = torch.cat([torch.ones(2, 10), torch.zeros(2, 6)], 1).long()
+    out_padded = enc(padded, mask)
+    assert torch.allclose(out, out_padded[:, :10], atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, key", [({"dim": 30, "heads": 4}, "model.heads"), ({"layers": 0}, "model.layers"),
+                                         ({"dim": -8}, "model.dim")])
+def test_encoder_rejects_bad_sizes(kwargs, key):
+    with pytest.raises(UsageError, match=key):
+        TransformerEncoder(vocab_size=VOCAB, **kwargs)
+
+
+def test_label_map_orders_ints_numerically_and_rejects_unseen():
+    lm = LabelMap.fit([10, 2, 2, 1])
+    assert lm.names == ["1", "2", "10"]
+    assert lm.encode([2, 10], "x").tolist() == [1, 2]
+    with pytest.raises(UsageError, match="'7'"):
+        lm.encode([7], "data.label_column [test]")
+    with pytest.raises(UsageError, match="only one class"):
+        LabelMap.fit(["a", "a"])
+
+
+def test_stratified_subsample_counts_and_nesting():
+    labels = np.repeat(np.arange(5), 40)
+    small = stratified_subsample(labels, 4, seed=0)
+    big = stratified_subsample(labels, 16, seed=0)
+    assert np.bincount(labels[small]).tolist() == [4] * 5
+    assert set(small) <= set(big)  # budgets are nested: 4/class is a subset of 16/class
+    assert not np.array_equal(small, stratified_subsample(labels, 4, seed=1))
+
+
+def test_checkpoint_roundtrip_and_corruption(tmp_path):
+    model = torch.nn.Linear(4, 3)
+    path = save_checkpoint(tmp_path, "last", model, state={"step": 3})
+    other = torch.nn.Linear(4, 3)
+    load_into(other, path)
+    assert torch.equal(other.weight, model.weight)
+    assert (path / "COMPLETE").is_file() and not list(tmp_path.glob(".tmp-*"))
+    data = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UsageError, match="truncated or corrupted"):
+        load_into(other, path)
+
+
+def test_unsafe_targets_are_refused_before_import(tmp_path):
+    marker = tmp_path / "pwned"
+    cfg = OmegaConf.create({"model": {"_target_": "os.system", "_args_": [f"touch {marker}"]}})
+    with pytest.raises(UsageError, match="os.system"):
+        instantiate(cfg.model, "model")
+    assert not marker.exists()
+    with pytest.raises(UsageError):
+        check_targets(OmegaConf.create({"a": [{"_target_": "ptcli.__class__"}]}))
+    check_targets(OmegaConf.create({"m": {"_target_": "ptcli.models.transformer.TransformerEncoder"}}))
