@@ -17,13 +17,14 @@ from omegaconf import MISSING
 @dataclass
 class TransformerConfig:
     _target_: str = "ptcli.models.transformer.TransformerEncoder"
-    dim: int = 256
+    dim: int = 128
     layers: int = 4
     heads: int = 4
-    ffn_dim: int = 1024
+    ffn_dim: int = 512
     max_len: int = 128
     dropout: float = 0.0
     bias: bool = False
+    position: str = "rotary"  # rotary | learned
 
 
 @dataclass

@@ -63,7 +63,35 @@ def launch(command: str, args: list[str], json_out: bool = False) -> int:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = saved_env
+    if tasks.STATE.multirun:
+        _summarize_sweep(tasks.STATE.results, json_out)
     return tasks.STATE.exit_code()
+
+
+def _summarize_sweep(results: list[dict], json_out: bool) -> None:
+    """Write ``summary.json`` beside the sweep's jobs and print one line per job."""
+    from ptcli.rundir import atomic_write_text
+
+    if not results:
+        return
+    sweep_dir = Path(os.path.commonpath([r["run_dir"] for r in results]))
+    if len(results) == 1:
+        sweep_dir = Path(results[0]["run_dir"]).parent
+    jobs = []
+    for r in results:
+        manifest = json.loads((Path(r["run_dir"]) / "run.json").read_text())
+        jobs.append({"dir": os.path.relpath(r["run_dir"], sweep_dir), "status": manifest["status"],
+                     "exit_code": r["exit_code"], "overrides": manifest["overrides"],
+                     "metrics": manifest.get("metrics", {}), "error": manifest.get("error")})
+    summary = {"sweep_dir": str(sweep_dir), "jobs": jobs,
+               "failed": sum(j["status"] != "completed" for j in jobs), "total": len(jobs)}
+    atomic_write_text(sweep_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    for j in jobs:
+        print(f"ptcli: job {j['dir']}: {j['status']}  {' '.join(j['overrides'])}", file=sys.stderr)
+    print(f"ptcli: sweep {sweep_dir}: {summary['total'] - summary['failed']}/{summary['total']} completed",
+          file=sys.stderr)
+    if json_out:
+        print_json(summary)
 
 
 def _quiet_libraries() -> None:
@@ -103,7 +131,13 @@ def _explain_config_error(exc: BaseException, command: str, args: list[str]) -> 
         msg += " To add a new key on purpose, prefix it with '+'."
         return msg
     if "Could not find" in text or "Could not load" in text:
-        return text.replace("\n\t", " ").replace("\n", " ") + " (set one of these options, e.g. model=transformer)"
+        text = text.split("Config search path")[0].strip()
+        head, _, options = text.partition("Available options in")
+        if options:
+            group, _, names = options.partition(":")
+            choices = ", ".join(n.strip() for n in names.split() if n.strip())
+            return f"{' '.join(head.split())} Available options in{group}: {choices}."
+        return " ".join(text.split())
     detail = f" ({cause})" if cause is not None and str(cause) not in text else ""
     return " ".join((text + detail).split())
 

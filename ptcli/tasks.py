@@ -54,33 +54,24 @@ def _run(command: str, cfg: DictConfig) -> float | None:
     run = RunDir.start(hc.runtime.output_dir, cfg, command=command, overrides=list(hc.overrides.task))
     result: dict[str, Any] = {"run_dir": str(run.path), "exit_code": 0}
     STATE.results.append(result)
+    # Errors are recorded and reported here, never raised into Hydra: a sweep goes on after a failed
+    # job, and the launcher turns the recorded exit codes into the process exit code.
     try:
         recipe = _recipe(command)
         metrics = recipe(cfg, run)
         run.finish("completed", metrics=metrics)
         result["metrics"] = metrics
-    except Interrupted as exc:
-        run.finish("interrupted", error=str(exc))
-        result["exit_code"] = exc.exit_code
-        if not STATE.multirun:
-            raise
-        _report(exc)
-        return None
     except PtcliError as exc:
-        run.finish("failed", error=str(exc))
+        run.finish("interrupted" if isinstance(exc, Interrupted) else "failed", error=str(exc))
         result["exit_code"] = exc.exit_code
-        if not STATE.multirun:
-            raise
         _report(exc)
         return None
     except KeyboardInterrupt:
-        run.finish("interrupted", error="KeyboardInterrupt")
+        run.finish("interrupted", error="KeyboardInterrupt (second SIGINT: aborted without checkpoint)")
         raise
     except Exception as exc:
         run.finish("failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         result["exit_code"] = 1
-        if not STATE.multirun:
-            raise
         _report(exc)
         return None
     if STATE.json_out and not STATE.multirun:

@@ -39,8 +39,8 @@ def test_init_random_uses_fresh_weights(ptcli, smoke_pretrain, tmp_path):
     r = ptcli("finetune", f"pretrained={smoke_pretrain}", "init=random", "debug=smoke", "trainer.max_steps=1",
               "trainer.eval_every=1", "data.labels_per_class=2", f"hydra.run.dir={run}")
     assert r.code == 0, r
-    pre = load_file(str(smoke_pretrain / "checkpoints" / "best" / "model.safetensors"))["encoder.pos_emb.weight"]
-    ft = load_file(str(run / "checkpoints" / "last" / "model.safetensors"))["encoder.pos_emb.weight"]
+    pre = load_file(str(smoke_pretrain / "checkpoints" / "best" / "model.safetensors"))["encoder.tok_emb.weight"]
+    ft = load_file(str(run / "checkpoints" / "last" / "model.safetensors"))["encoder.tok_emb.weight"]
     assert pre.shape == ft.shape and not torch.allclose(pre, ft, atol=1e-2)
 
 

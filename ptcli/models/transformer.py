@@ -14,6 +14,18 @@ from torch import nn
 from ptcli.errors import UsageError
 
 
+def rotary_tables(max_len: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    inv = 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    angles = torch.outer(torch.arange(max_len).float(), inv)  # [T, hd/2]
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (first half, second half) of each head's channels by position-dependent angles."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float, bias: bool) -> None:
         super().__init__()
@@ -21,9 +33,12 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
         self.proj = nn.Linear(dim, dim, bias=bias)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None,
+                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
@@ -38,8 +53,9 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, ffn_dim, bias=bias), nn.GELU(), nn.Linear(ffn_dim, dim, bias=bias))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln1(x), attn_mask))
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None,
+                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln1(x), attn_mask, rotary))
         return x + self.drop(self.mlp(self.ln2(x)))
 
 
@@ -47,7 +63,7 @@ class TransformerEncoder(nn.Module):
     modality = "text"
 
     def __init__(self, vocab_size: int, dim: int = 256, layers: int = 4, heads: int = 4, ffn_dim: int = 1024,
-                 max_len: int = 128, dropout: float = 0.0, bias: bool = False) -> None:
+                 max_len: int = 128, dropout: float = 0.0, bias: bool = False, position: str = "learned") -> None:
         super().__init__()
         for key, value in (("dim", dim), ("layers", layers), ("heads", heads), ("ffn_dim", ffn_dim),
                            ("max_len", max_len), ("vocab_size", vocab_size)):
@@ -57,9 +73,15 @@ class TransformerEncoder(nn.Module):
             raise UsageError(f"model.heads={heads} must divide model.dim={dim} (e.g. model.heads=4 with dim={dim}).")
         if not 0.0 <= dropout < 1.0:
             raise UsageError(f"model.dropout must be in [0, 1), got {dropout}")
-        self.dim, self.max_len, self.vocab_size = dim, max_len, vocab_size
+        if position not in ("learned", "rotary"):
+            raise UsageError(f"model.position must be 'learned' or 'rotary', got {position!r}")
+        self.dim, self.max_len, self.vocab_size, self.position = dim, max_len, vocab_size, position
         self.tok_emb = nn.Embedding(vocab_size, dim)
-        self.pos_emb = nn.Embedding(max_len, dim)
+        self.pos_emb = nn.Embedding(max_len, dim) if position == "learned" else None
+        if position == "rotary":
+            cos, sin = rotary_tables(max_len, dim // heads)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(Block(dim, heads, ffn_dim, dropout, bias) for _ in range(layers))
         self.ln_f = nn.LayerNorm(dim, bias=bias)
@@ -80,10 +102,15 @@ class TransformerEncoder(nn.Module):
         t = input_ids.shape[1]
         if t > self.max_len:
             raise UsageError(f"sequence length {t} exceeds model.max_len={self.max_len}")
-        pos = torch.arange(t, device=input_ids.device)
-        x = self.drop(self.tok_emb(input_ids) + self.pos_emb(pos))
+        x = self.tok_emb(input_ids)
+        rotary = None
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(t, device=input_ids.device))
+        else:
+            rotary = (self.rope_cos[:t].to(x.dtype), self.rope_sin[:t].to(x.dtype))
+        x = self.drop(x)
         # SDPA boolean mask: True = may attend. None keeps the fast path for packed (unpadded) blocks.
         mask = attention_mask[:, None, None, :].bool() if attention_mask is not None else None
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x, mask, rotary)
         return self.ln_f(x)
