@@ -114,6 +114,47 @@ def evaluate(
     raise typer.Exit(launch("evaluate", args, json_out=json_out))
 
 
+@app.command()
+def report(
+    dirs: list[Path] = typer.Argument(..., help="Directories to search (recursively) for run directories."),
+    out: Path | None = typer.Option(None, "--out", help="Output folder (default: the first DIR)."),
+) -> None:
+    """Aggregate runs into a table (mean ± std over seeds), report.csv, report.md and PNG plots."""
+    from ptcli.errors import UsageError
+    from ptcli.report import build_report, print_report
+
+    missing = [str(d) for d in dirs if not d.is_dir()]
+    if missing:
+        typer.echo(f"ptcli: error: not a directory: {', '.join(missing)}", err=True)
+        raise typer.Exit(2)
+    try:
+        result = build_report(dirs, out or dirs[0])
+    except UsageError as exc:
+        typer.echo(f"ptcli: error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    print_report(result)
+
+
+@app.command()
+def runs(
+    directory: Path = typer.Argument(Path("."), help="Where to look for run directories (recursively)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """List runs, newest first: command, status, key metric, steps, duration, directory."""
+    from ptcli.runs import list_runs, print_runs
+
+    if not directory.is_dir():
+        typer.echo(f"ptcli: error: not a directory: {directory}", err=True)
+        raise typer.Exit(2)
+    rows = list_runs(directory)
+    if json_out:
+        import json
+
+        typer.echo(json.dumps(rows))
+    else:
+        print_runs(rows)
+
+
 def _quote(value: str) -> str:
     # Paths with Hydra grammar characters (=, comma, spaces, ...) must be quoted to stay one value.
     if any(c in value for c in " ,=[]{}()'\"\\:$"):
