@@ -90,6 +90,15 @@ def load_into(model: nn.Module, path: Path, strict: bool = True, prefix: str = "
     return list(result.missing_keys)
 
 
+def resume_checkpoint(run: Any) -> Path:
+    """``checkpoints/last`` of a run being resumed, which must be complete."""
+    path = run.checkpoints / "last"
+    if not is_complete(path):
+        raise UsageError(f"resume={run.path}: no complete checkpoint at {path}; the run stopped before its first "
+                         "checkpoint. Start a new run (lower trainer.checkpoint_every to checkpoint sooner).")
+    return path
+
+
 def load_state(path: Path) -> dict[str, Any]:
     file = path / STATE
     if not file.is_file():

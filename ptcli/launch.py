@@ -37,6 +37,7 @@ def launch(command: str, args: list[str], json_out: bool = False) -> int:
     tasks.STATE.reset(command=command, json_out=json_out)
     _quiet_libraries()
     saved_argv, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    args = _resume_in_place(args)
     sys.argv = [f"ptcli-{command}", *args]
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
@@ -72,6 +73,7 @@ def _summarize_sweep(results: list[dict], json_out: bool) -> None:
     """Write ``summary.json`` beside the sweep's jobs and print one line per job."""
     from ptcli.rundir import atomic_write_text
 
+    results = [r for r in results if r.get("run_dir")]
     if not results:
         return
     sweep_dir = Path(os.path.commonpath([r["run_dir"] for r in results]))
@@ -92,6 +94,14 @@ def _summarize_sweep(results: list[dict], json_out: bool) -> None:
           file=sys.stderr)
     if json_out:
         print_json(summary)
+
+
+def _resume_in_place(args: list[str]) -> list[str]:
+    """``resume=RUN_DIR`` continues that run in its own directory, not in a new timestamped one."""
+    resume = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
+    if resume and resume[-1] not in ("", "null") and not any(a.startswith("hydra.run.dir=") for a in args):
+        return [*args, f"hydra.run.dir={resume[-1]}"]
+    return args
 
 
 def _quiet_libraries() -> None:

@@ -72,6 +72,24 @@ def _clean(value: Any) -> Any:
     return value
 
 
+RESUMABLE_CHANGES = {"resume", "trainer.max_steps", "trainer.progress", "trainer.device", "trainer.num_threads"}
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix[:-1]]
+
+
+def _get(d: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
+
+
 class RunDir:
     """One run's directory: its manifest, metrics log, config and checkpoints."""
 
@@ -108,6 +126,46 @@ class RunDir:
         run = cls(path, manifest)
         run.save()
         return run
+
+    @classmethod
+    def resume(cls, path: str | Path, cfg: DictConfig, command: str, overrides: list[str]) -> RunDir:
+        """Reopen a run in place. Only ``trainer.max_steps`` (and cosmetic keys) may differ."""
+        from ptcli.errors import UsageError
+
+        run = cls.load(path)
+        if run.manifest.get("command") != command:
+            raise UsageError(f"resume={path} is a '{run.manifest.get('command')}' run, not a {command} run.")
+        old = OmegaConf.to_container(run.config(), resolve=True)
+        new = OmegaConf.to_container(cfg, resolve=True)
+        changed = [k for k in _diff(old, new) if k not in RESUMABLE_CHANGES]
+        if changed:
+            shown = ", ".join(f"{k}: {_get(old, k)!r} -> {_get(new, k)!r}" for k in changed[:8])
+            raise UsageError(f"resume={path}: the config differs from the run's ({shown}). Only trainer.max_steps "
+                             "may change on resume; drop the other overrides or start a new run.")
+        step = int(run.manifest.get("step") or 0)
+        max_steps = (new.get("trainer") or {}).get("max_steps")
+        if run.manifest.get("status") == "completed" and (max_steps is None or max_steps <= step):
+            raise UsageError(f"resume={path}: the run already completed {step} steps. To train longer, raise "
+                             f"trainer.max_steps above {step}; otherwise there is nothing to resume.")
+        atomic_write_text(run.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        run.manifest.setdefault("resumed", []).append({"at": _now(), "step": step, "argv": sys.argv[1:]})
+        run.manifest.update(status="running", error=None, ended_at=None, overrides=overrides)
+        run.save()
+        return run
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop events logged after ``step`` (the resumed checkpoint): they will be logged again."""
+        path = self.path / "metrics.jsonl"
+        if not path.is_file():
+            return
+        keep = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    keep.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by the kill
+        atomic_write_text(path, "".join(x + "\n" for x in keep))
 
     @classmethod
     def load(cls, path: str | Path) -> RunDir:

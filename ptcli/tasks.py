@@ -51,7 +51,16 @@ def _run(command: str, cfg: DictConfig) -> float | None:
     STATE.started = True
     hc = HydraConfig.get()
     STATE.multirun = hc.mode == RunMode.MULTIRUN
-    run = RunDir.start(hc.runtime.output_dir, cfg, command=command, overrides=list(hc.overrides.task))
+    overrides = list(hc.overrides.task)
+    try:
+        if cfg.get("resume"):
+            run = RunDir.resume(cfg.resume, cfg, command=command, overrides=overrides)
+        else:
+            run = RunDir.start(hc.runtime.output_dir, cfg, command=command, overrides=overrides)
+    except PtcliError as exc:
+        STATE.results.append({"run_dir": None, "exit_code": exc.exit_code})
+        _report(exc)
+        return None
     result: dict[str, Any] = {"run_dir": str(run.path), "exit_code": 0}
     STATE.results.append(result)
     # Errors are recorded and reported here, never raised into Hydra: a sweep goes on after a failed

@@ -8,6 +8,7 @@ checkpoints, signals and non-finite losses. One loop a reader can hold in their 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import signal
 import time
@@ -87,7 +88,12 @@ class Trainer:
         self.device, self.total_steps, self.best = device, total_steps, best
         self.tokens_per_batch = tokens_per_batch
         self.extra_state = extra_state or (lambda: {})
+        # Test hook: slow each step down so tests can signal or kill a run mid-way.
+        self._step_delay = float(os.environ.get("PTCLI_STEP_DELAY", "0") or 0)
         self.step = 0
+        # Train loss accumulated since the last log line; checkpointed so a resume logs the same numbers.
+        self.loss_acc = torch.zeros((), device=device)
+        self.n_acc = 0
         self.patience_left: int | None = cfg.get("patience")
         self._signal: int | None = None
         self.autocast = (
@@ -109,6 +115,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(),
             "best": {"metric": self.best.metric, "value": self.best.value},
+            "log_acc": {"loss": self.loss_acc.detach().cpu(), "n": self.n_acc},
             **self.extra_state(),
         }
 
@@ -118,6 +125,19 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         self.best.value = state["best"]["value"]
+        self.loss_acc = state["log_acc"]["loss"].to(self.device)
+        self.n_acc = int(state["log_acc"]["n"])
+
+    def resume(self, path: Any, model_loader: Callable[[Any], None]) -> dict[str, Any]:
+        """Restore weights (via ``model_loader``) and trainer state from ``path``; return the raw state."""
+        from ptcli.checkpoint import load_state
+
+        state = load_state(path)
+        model_loader(path)
+        self.load_state_dict(state)
+        self.run.truncate_metrics(self.step)
+        self.run.manifest["checkpoints"]["last"] = {"path": "checkpoints/last", "step": self.step}
+        return state
 
     def save(self, name: str) -> None:
         meta = {"step": self.step, self.best.metric: self.best.value}
@@ -152,8 +172,7 @@ class Trainer:
         cfg = self.cfg
         progress = Progress(self.total_steps, cfg.progress, start=self.step, desc=self.run.command)
         final: dict[str, float] = {}
-        loss_acc = torch.zeros((), device=self.device)
-        n_acc, t_last = 0, time.perf_counter()
+        t_last = time.perf_counter()
         self.model.train()
         try:
             with self._signals():
@@ -163,27 +182,30 @@ class Trainer:
                         with self.autocast:
                             out = step_fn(batch)
                         (out["loss"] / cfg.grad_accum).backward()
-                        loss_acc += out["loss"].detach() / cfg.grad_accum
+                        self.loss_acc += out["loss"].detach() / cfg.grad_accum
                     if self.device.type == "cpu" or (self.step + 1) % cfg.log_every == 0:
-                        self._check_finite(loss_acc, n_acc)
+                        self._check_finite(self.loss_acc)
                     if cfg.clip_grad:
                         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                     self.scheduler.step()
                     self.step += 1
-                    n_acc += 1
+                    self.n_acc += 1
+                    if self._step_delay:
+                        time.sleep(self._step_delay)
                     if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                         now = time.perf_counter()
-                        loss = loss_acc.item() / n_acc
+                        loss = self.loss_acc.item() / self.n_acc
                         values = {"loss": loss, "lr": self.scheduler.get_last_lr()[0]}
                         if self.tokens_per_batch:
-                            values["tokens_per_s"] = self.tokens_per_batch * cfg.grad_accum * n_acc / (now - t_last)
+                            values["tokens_per_s"] = (self.tokens_per_batch * cfg.grad_accum * self.n_acc
+                                                      / max(now - t_last, 1e-9))
                         self.run.log(self.step, "train", **values)
                         final["train/loss"] = loss
                         progress.update(self.step, **values)
-                        loss_acc.zero_()
-                        n_acc, t_last = 0, time.perf_counter()
+                        self.loss_acc.zero_()
+                        self.n_acc, t_last = 0, time.perf_counter()
                     if self.step % cfg.eval_every == 0 or self.step == self.total_steps:
                         final.update(self._evaluate(eval_fn, progress))
                         t_last = time.perf_counter()
@@ -204,7 +226,7 @@ class Trainer:
             final[f"best/{self.best.metric}"] = self.best.value
         return final
 
-    def _check_finite(self, loss_acc: torch.Tensor, n_acc: int) -> None:
+    def _check_finite(self, loss_acc: torch.Tensor) -> None:
         if not torch.isfinite(loss_acc).item():
             last = self.run.manifest["checkpoints"].get("last")
             where = f"last good checkpoint: {self.run.path / last['path']} (step {last['step']})" if last else \

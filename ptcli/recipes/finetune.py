@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from ptcli.build import check_targets, instantiate
-from ptcli.checkpoint import is_complete, load_into
+from ptcli.checkpoint import is_complete, load_into, resume_checkpoint
 from ptcli.data.labels import LabelMap, stratified_subsample
 from ptcli.data.text import SeededBatches, pad_batch, tokenize_texts
 from ptcli.errors import UsageError
@@ -144,7 +144,7 @@ def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
         raise UsageError("no labeled validation examples; pass data.validation=FILE or more data.")
 
     model = build_classifier(cfg.model, tok.get_vocab_size(), len(labels.names))
-    if source is not None and cfg.init == "pretrained":
+    if source is not None and cfg.init == "pretrained" and not cfg.resume:
         ckpt = source_checkpoint(source)
         missing = load_into(model.encoder, ckpt, strict=False, prefix="encoder.")
         if missing:
@@ -174,6 +174,9 @@ def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
     trainer = Trainer(model, optimizer, scheduler, run, cfg.trainer, device, total,
                       BestTracker("val/accuracy", "max"),
                       extra_state=lambda: {"batches": batches.state_dict()})
+    if cfg.resume:
+        state = trainer.resume(resume_checkpoint(run), lambda path: load_into(model, path))
+        batches.load_state_dict(state["batches"])
     metrics = trainer.fit(batches, step_fn, eval_fn)
 
     # Final scores come from the best checkpoint, on validation and (when present) test.

@@ -13,11 +13,12 @@ import torch
 from omegaconf import DictConfig
 
 from ptcli.build import instantiate
+from ptcli.checkpoint import load_into, resume_checkpoint
 from ptcli.data.text import BlockBatches, pack_blocks
 from ptcli.errors import UsageError
 from ptcli.objectives.mlm import MaskedLM, word_start_table
 from ptcli.rundir import RunDir
-from ptcli.tokenizer import build_tokenizer, save_tokenizer, special_ids
+from ptcli.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer, special_ids
 from ptcli.trainer import BestTracker, Trainer, pick_device, seed_everything
 
 EVAL_SEED = 1234  # validation masks are the same at every evaluation, so scores are comparable
@@ -73,8 +74,11 @@ def pretrain(cfg: DictConfig, run: RunDir) -> dict[str, float]:
 
     # Data and tokenizer
     splits = instantiate(cfg.data, "data", seed=cfg.seed).load()
-    tok = build_tokenizer(cfg.tokenizer, splits["train"])
-    save_tokenizer(tok, run.tokenizer_dir)
+    if cfg.resume:
+        tok = load_tokenizer(run.tokenizer_dir)
+    else:
+        tok = build_tokenizer(cfg.tokenizer, splits["train"])
+        save_tokenizer(tok, run.tokenizer_dir)
     train_blocks = pack_blocks(splits["train"], tok, cfg.data.block_size, "data train split")
     val_blocks = pack_blocks(splits["validation"], tok, cfg.data.block_size, "data validation split")
     batches = BlockBatches(train_blocks, cfg.trainer.batch_size, cfg.seed)
@@ -100,6 +104,10 @@ def pretrain(cfg: DictConfig, run: RunDir) -> dict[str, float]:
     trainer = Trainer(model, optimizer, scheduler, run, cfg.trainer, device, total, BestTracker("val/loss", "min"),
                       tokens_per_batch=cfg.trainer.batch_size * cfg.data.block_size,
                       extra_state=lambda: {"batches": batches.state_dict(), "mask_rng": mask_gen.get_state()})
+    if cfg.resume:
+        state = trainer.resume(resume_checkpoint(run), lambda path: load_into(model, path))
+        batches.load_state_dict(state["batches"])
+        mask_gen.set_state(state["mask_rng"])
     return trainer.fit(batches, step_fn, eval_fn)
 
 

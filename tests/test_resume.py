@@ -1,0 +1,98 @@
+"""Crash safety: exact resume, signals, non-finite losses, refused resumes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import OFFLINE, read_manifest, read_metrics
+from safetensors.torch import load_file
+
+SMALL = ["debug=smoke", "trainer.log_every=2", "trainer.eval_every=100", "trainer.checkpoint_every=10"]
+
+
+def _weights(run):
+    return load_file(str(run / "checkpoints" / "last" / "model.safetensors"))
+
+
+def _spawn(args, env_extra=None):
+    env = {**os.environ, **OFFLINE, **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "ptcli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+
+
+def _wait_for_step(run, step, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (run / "metrics.jsonl").is_file() and any(e["step"] >= step for e in read_metrics(run)):
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError("run did not reach the step in time")
+
+
+def test_sigkill_and_resume_matches_uninterrupted(ptcli, tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    args = [*SMALL, "trainer.max_steps=40", "trainer.checkpoint_every=1"]
+    r = ptcli("pretrain", *args, f"hydra.run.dir={full}")
+    assert r.code == 0, r
+    proc = _spawn(["pretrain", *args, f"hydra.run.dir={killed}"], {"PTCLI_STEP_DELAY": "0.05"})
+    _wait_for_step(killed, 20, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert read_manifest(killed)["status"] == "running"  # killed hard: nothing could record it
+    r = ptcli("pretrain", *args, f"resume={killed}")
+    assert r.code == 0, r
+    a, b = _weights(full), _weights(killed)
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)  # bitwise identical
+    train = lambda run: [(e["step"], e["loss"]) for e in read_metrics(run) if e["split"] == "train"]  # noqa: E731
+    assert train(full) == train(killed)
+
+
+def test_sigint_interrupts_with_checkpoint_and_resumes(ptcli, tmp_path):
+    run = tmp_path / "run"
+    args = [*SMALL, "trainer.max_steps=60"]
+    proc = _spawn(["pretrain", *args, f"hydra.run.dir={run}"], {"PTCLI_STEP_DELAY": "0.1"})
+    _wait_for_step(run, 4, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    m = read_manifest(run)
+    assert m["status"] == "interrupted" and "SIGINT" in m["error"]
+    assert (run / "checkpoints" / "last" / "COMPLETE").is_file()
+    stopped_at = m["step"]
+    assert 4 <= stopped_at < 60
+    r = ptcli("pretrain", *args, f"resume={run}")
+    assert r.code == 0, r
+    m = read_manifest(run)
+    assert m["status"] == "completed" and m["step"] == 60 and m["resumed"][0]["step"] == stopped_at
+
+
+def test_sigterm_exits_143(tmp_path):
+    run = tmp_path / "run"
+    proc = _spawn(["pretrain", *SMALL, "trainer.max_steps=60", f"hydra.run.dir={run}"], {"PTCLI_STEP_DELAY": "0.1"})
+    _wait_for_step(run, 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert read_manifest(run)["status"] == "interrupted"
+
+
+def test_resume_refuses_changed_config_and_completed_runs(ptcli, smoke_pretrain, tmp_path):
+    r = ptcli("pretrain", "debug=smoke", "model.dim=64", f"resume={smoke_pretrain}")
+    assert r.code == 2 and "model.dim" in r.stderr, r
+    r = ptcli("pretrain", "debug=smoke", f"resume={smoke_pretrain}")
+    assert r.code == 2 and "already completed" in r.stderr, r
+    assert read_manifest(smoke_pretrain)["status"] == "completed"
+
+
+def test_non_finite_loss_fails_with_step(ptcli, tmp_path):
+    run = tmp_path / "run"
+    r = ptcli("pretrain", "debug=smoke", "optim.lr=1e6", "trainer.clip_grad=null", f"hydra.run.dir={run}")
+    assert r.code == 1, r
+    m = read_manifest(run)
+    assert m["status"] == "failed" and "non-finite loss at step" in m["error"]
+    assert "Traceback" not in r.stderr
