@@ -104,7 +104,12 @@ class RunDir:
 
     @classmethod
     def start(cls, path: str | Path, cfg: DictConfig, command: str, overrides: list[str]) -> RunDir:
+        from ptcli.errors import UsageError
+
         path = Path(path)
+        if (path / "run.json").is_file():
+            raise UsageError(f"'{path}' already holds a run; pass resume={path} to continue it, or choose another "
+                             "hydra.run.dir.")
         path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         manifest = {
@@ -126,6 +131,15 @@ class RunDir:
         run = cls(path, manifest)
         run.save()
         return run
+
+    @staticmethod
+    def discard(path: Path) -> None:
+        """Remove a dead run's records so the job can start over in the same directory."""
+        import shutil
+
+        for name in ("run.json", "metrics.jsonl"):
+            (path / name).unlink(missing_ok=True)
+        shutil.rmtree(path / "checkpoints", ignore_errors=True)
 
     @classmethod
     def resume(cls, path: str | Path, cfg: DictConfig, command: str, overrides: list[str]) -> RunDir:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
@@ -52,7 +53,12 @@ def _run(command: str, cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     STATE.multirun = hc.mode == RunMode.MULTIRUN
     overrides = list(hc.overrides.task)
+    out_dir = Path(hc.runtime.output_dir)
     try:
+        if STATE.multirun and (out_dir / "run.json").is_file() and not cfg.get("resume"):
+            done = _rerun_sweep_job(out_dir, cfg)
+            if done is not None:
+                return done
         if cfg.get("resume"):
             run = RunDir.resume(cfg.resume, cfg, command=command, overrides=overrides)
         else:
@@ -88,6 +94,27 @@ def _run(command: str, cfg: DictConfig) -> float | None:
     elif not STATE.json_out:
         _print_summary(run, metrics)
     return _key_metric(metrics)
+
+
+def _rerun_sweep_job(out_dir: Path, cfg: DictConfig) -> float | None:
+    """A sweep re-run into the same sweep dir: skip completed jobs, resume interrupted ones."""
+    from ptcli.checkpoint import is_complete
+    from ptcli.rundir import RunDir
+
+    previous = RunDir.load(out_dir)
+    status = previous.manifest.get("status")
+    if status == "completed":
+        metrics = previous.manifest.get("metrics") or {}
+        STATE.results.append({"run_dir": str(out_dir), "exit_code": 0, "metrics": metrics, "skipped": True})
+        print(f"ptcli: {out_dir}: already completed, skipped", file=sys.stderr)
+        return _key_metric(metrics)
+    if is_complete(out_dir / "checkpoints" / "last"):
+        print(f"ptcli: {out_dir}: {status} at step {previous.manifest.get('step')}, resuming", file=sys.stderr)
+        cfg.resume = str(out_dir)
+    else:
+        print(f"ptcli: {out_dir}: {status} without a checkpoint, starting it again", file=sys.stderr)
+        RunDir.discard(out_dir)
+    return None
 
 
 def _recipe(command: str):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -96,3 +97,30 @@ def test_non_finite_loss_fails_with_step(ptcli, tmp_path):
     m = read_manifest(run)
     assert m["status"] == "failed" and "non-finite loss at step" in m["error"]
     assert "Traceback" not in r.stderr
+
+
+def test_sweep_with_a_failing_job_then_rerun_only_that_job(ptcli, tmp_path):
+    words = "one two three four five six seven eight nine ten eleven twelve".split()
+    text = "\n".join(" ".join(words[(i + j) % 12] for j in range(30)) for i in range(300)) + "\n"
+    good, late = tmp_path / "good.txt", tmp_path / "late.txt"
+    good.write_text(text)
+    sweep = tmp_path / "sweep"
+    args = ["pretrain", "-m", "debug=smoke", "data=text", f"data.train={good},{late}", "seed=0,1",
+            "tokenizer.vocab_size=60", "trainer.batch_size=4", "trainer.max_steps=4", f"hydra.sweep.dir={sweep}"]
+    r = ptcli(*args)
+    assert r.code == 1, r  # one job of the sweep failed
+    summary = json.loads((sweep / "summary.json").read_text())
+    statuses = sorted(j["status"] for j in summary["jobs"])
+    assert statuses == ["completed", "completed", "failed", "failed"] and summary["failed"] == 2
+    failed = [j for j in summary["jobs"] if j["status"] == "failed"]
+    assert all("late.txt" in j["error"] for j in failed)
+    first_end = {j["dir"]: read_manifest(sweep / j["dir"])["ended_at"] for j in summary["jobs"]}
+    late.write_text(text)  # fix the input, re-run the same sweep into the same directory
+    r = ptcli(*args)
+    assert r.code == 0, r
+    assert r.stderr.count("already completed, skipped") == 2
+    summary = json.loads((sweep / "summary.json").read_text())
+    assert all(j["status"] == "completed" for j in summary["jobs"])
+    for j in summary["jobs"]:
+        if j["dir"] not in {f["dir"] for f in failed}:
+            assert read_manifest(sweep / j["dir"])["ended_at"] == first_end[j["dir"]]  # untouched
