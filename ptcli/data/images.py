@@ -96,7 +96,7 @@ def _load_folder(p: Path, size: int, channels: int, on_error: str):
         if on_error == "fail":
             raise UsageError(f"data.path: cannot read {len(bad)} image file(s) in '{p}': {listed} ({bad[0][1]}). "
                              "Fix or remove them, or pass data.on_error=skip to skip unreadable files.")
-        warnings.warn(f"data.path: skipped {len(bad)} unreadable image file(s) in '{p}': {listed}", stacklevel=2)
+        warnings.warn(f"data.path: skipped {len(bad)} unreadable image file(s) in '{p}': {listed}", stacklevel=3)
     if not arrays:
         raise UsageError(f"data.path: no readable image in '{p}'. Point data.path at a folder of images.")
     x = torch.from_numpy(np.stack(arrays)).float().div_(255.0)
