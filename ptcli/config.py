@@ -59,6 +59,30 @@ class DataConfig:
     # Keep at most this many training examples (quick experiments and CI); null = all.
     max_train_examples: int | None = None
     block_size: int = 128
+    # data=images: a folder (class sub-folders or flat) or an .npz file; images resized to size x size
+    path: str | None = None
+    size: int = 32
+    channels: int = 1
+    on_error: str = "fail"  # fail | skip (unreadable image files)
+
+
+@dataclass
+class ConvNetConfig:
+    _target_: str = "ptcli.models.convnet.ConvNet"
+    in_channels: int = 1
+    width: int = 32
+    stages: int = 3
+    blocks_per_stage: int = 1
+
+
+@dataclass
+class SimCLRConfig:
+    _target_: str = "ptcli.objectives.simclr.SimCLR"
+    # Ordered augmentation ops applied batched on tensors; null = defaults for small images.
+    augment: list[Any] | None = None
+    proj_dim: int = 128
+    proj_hidden: int = 256
+    temperature: float = 0.2
 
 
 @dataclass
@@ -142,6 +166,8 @@ def register() -> None:
     cs.store(name="run_schema", node=RunConfig)
     cs.store(group="schema/model", name="transformer", node=TransformerConfig)
     cs.store(group="schema/objective", name="mlm", node=MLMConfig)
+    cs.store(group="schema/objective", name="simclr", node=SimCLRConfig)
+    cs.store(group="schema/model", name="convnet", node=ConvNetConfig)
     cs.store(group="schema/data", name="data", node=DataConfig)
     cs.store(group="schema/optim", name="adamw", node=AdamWConfig)
     cs.store(group="schema/schedule", name="schedule", node=ScheduleConfig)

@@ -167,3 +167,79 @@ def _select_columns(ds, text_column: str, label_column: str, where: str):
         keep[label_column] = "label"
     ds = ds.select_columns(list(keep))
     return ds.rename_columns({k: v for k, v in keep.items() if k != v})
+
+
+class ImageSource(DataSource):
+    """Image sources return tensors: ``{split: (x [N, C, H, W] in [0, 1], y [N] or None)}`` + class names."""
+
+    modality = "image"
+
+    def load(self):
+        raise UsageError(f"{self.describe()} holds images; use model=convnet with objective=simclr (pretrain) "
+                         "or a convnet pretrain run (finetune).")
+
+    def load_images(self) -> tuple[dict[str, tuple[Any, Any]], list[str]]:
+        raise NotImplementedError
+
+
+class Digits(ImageSource):
+    """scikit-learn's bundled 8x8 digits: fixed stratified train/validation/test split, label = digit."""
+
+    def describe(self) -> str:
+        return "data=digits"
+
+    def load_images(self):
+        from ptcli.data.images import load_digits_splits
+
+        splits = load_digits_splits(self.seed)
+        return _limit(splits, self.max_train_examples, self.seed), [str(d) for d in range(10)]
+
+
+class ImageFiles(ImageSource):
+    """The user's images: ``data.path`` = a folder (class sub-folders = labels, or flat) or an ``.npz`` file.
+
+    Validation and test are seeded, stratified hold-outs (``data.val_fraction``, ``data.test_fraction``).
+    """
+
+    def describe(self) -> str:
+        return f"data.path={self.options.get('path')}"
+
+    def load_images(self):
+        import numpy as np
+        import torch
+
+        from ptcli.data.images import load_image_folder
+
+        path = self.options.get("path")
+        if not path:
+            raise UsageError("data.path is required with data=images: a folder of images or an .npz file.")
+        x, y, names = load_image_folder(str(path), int(self.options.get("size") or 32),
+                                        int(self.options.get("channels") or 1), str(self.options.get("on_error")))
+        fractions = (float(self.options.get("val_fraction", 0.1)), float(self.options.get("test_fraction", 0.1)))
+        if len(x) < 10:
+            raise UsageError(f"data.path={path}: only {len(x)} images; need at least 10 to hold out validation "
+                             "and test images.")
+        rng = np.random.default_rng(self.seed)
+        groups = [np.flatnonzero(y.numpy() == c) for c in range(len(names))] if y is not None else [np.arange(len(x))]
+        parts: dict[str, list] = {"train": [], "validation": [], "test": []}
+        for idx in groups:  # stratified: each class is split with the same fractions
+            idx = rng.permutation(idx)
+            n_val, n_test = (max(1, round(f * len(idx))) if len(idx) > 2 else 0 for f in fractions)
+            parts["validation"].append(idx[:n_val])
+            parts["test"].append(idx[n_val : n_val + n_test])
+            parts["train"].append(idx[n_val + n_test :])
+        splits = {}
+        for name, chunks in parts.items():
+            sel = torch.from_numpy(np.sort(np.concatenate(chunks)))
+            splits[name] = (x[sel], y[sel] if y is not None else None)
+        return _limit(splits, self.max_train_examples, self.seed), names
+
+
+def _limit(splits: dict, n: int | None, seed: int) -> dict:
+    if n is None:
+        return splits
+    import torch
+
+    x, y = splits["train"]
+    keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: int(n)].sort().values
+    return {**splits, "train": (x[keep], y[keep] if y is not None else None)}

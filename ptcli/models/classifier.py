@@ -23,3 +23,16 @@ class SequenceClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.pool(input_ids, attention_mask))
+
+
+class ImageClassifier(nn.Module):
+    """A linear head on an image encoder's pooled features."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(encoder.dim, num_classes))
+        self.num_classes = num_classes
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(images))

@@ -19,6 +19,7 @@ from ptcli.checkpoint import is_complete, load_into
 from ptcli.data.labels import LabelMap
 from ptcli.data.text import pack_blocks, tokenize_texts
 from ptcli.errors import UsageError
+from ptcli.recipes.pretrain import is_image_run
 from ptcli.rundir import RunDir, atomic_write_text
 from ptcli.tokenizer import load_tokenizer
 from ptcli.trainer import pick_device, seed_everything
@@ -54,7 +55,11 @@ def evaluate(cfg: DictConfig, run: RunDir) -> dict[str, float]:
     command = target.manifest.get("command")
     data_cfg = _data_config(cfg, target_cfg, run.manifest["overrides"])
     run.update(evaluated_run=str(target.path), evaluated_command=command)
-    if command == "pretrain":
+    if command == "pretrain" and is_image_run(target_cfg):
+        metrics, details = _evaluate_simclr(target, target_cfg, data_cfg, device, cfg.seed)
+    elif command == "finetune" and is_image_run(target_cfg):
+        metrics, details = _evaluate_image_classifier(target, target_cfg, data_cfg, device, cfg.seed)
+    elif command == "pretrain":
         metrics, details = _evaluate_mlm(target, target_cfg, data_cfg, device, cfg.seed)
     elif command == "finetune":
         metrics, details = _evaluate_classifier(target, target_cfg, data_cfg, device, cfg.seed)
@@ -111,6 +116,61 @@ def _evaluate_classifier(target: RunDir, tcfg: DictConfig, data_cfg: DictConfig,
     return metrics, details
 
 
+def _image_splits(data_cfg: DictConfig, target_cfg: DictConfig, seed: int):
+    from omegaconf import OmegaConf
+
+    from ptcli.recipes.simclr import load_image_data
+
+    return load_image_data(OmegaConf.create({"data": data_cfg, "model": target_cfg.model}), seed)
+
+
+def _evaluate_simclr(target: RunDir, tcfg: DictConfig, data_cfg: DictConfig, device: torch.device, seed: int):
+    from ptcli.probes import PROTOCOLS, describe
+    from ptcli.recipes.simclr import build_simclr, knn_accuracy, linear_probe_accuracy
+
+    model = build_simclr(tcfg)
+    ckpt = _checkpoint(target)
+    load_into(model, ckpt)
+    model.to(device).eval()
+    splits, names = _image_splits(data_cfg, tcfg, seed)
+    split = "test" if len(splits["test"][0]) else "validation"
+    if splits["train"][1] is None or splits[split][1] is None:
+        raise UsageError("kNN and linear-probe evaluation need labeled images (class sub-folders, .npz with y).")
+    short = "test" if split == "test" else "val"
+    metrics = {f"{short}/knn_acc": knn_accuracy(model.encoder, splits["train"], splits[split], len(names), device),
+               f"{short}/linear_acc": linear_probe_accuracy(model.encoder, splits["train"], splits[split],
+                                                            len(names), device)}
+    protocols = {"knn_acc": describe("knn"), "linear_acc": describe("linear")}
+    details = {"run": str(target.path), "checkpoint": str(ckpt), "split": split, "examples": len(splits[split][0]),
+               "train_examples": len(splits["train"][0]), "protocol": {k: PROTOCOLS[k] for k in ("knn", "linear")},
+               "protocols": protocols, "metrics": metrics}
+    return metrics, details
+
+
+def _evaluate_image_classifier(target: RunDir, tcfg: DictConfig, data_cfg: DictConfig, device: torch.device,
+                               seed: int):
+    from ptcli.recipes.finetune_images import build_image_classifier, score_images
+
+    labels = LabelMap.load(target.path / "labels.json")
+    model = build_image_classifier(tcfg.model, len(labels.names))
+    ckpt = _checkpoint(target)
+    load_into(model, ckpt)
+    model.to(device).eval()
+    splits, names = _image_splits(data_cfg, tcfg, seed)
+    split = "test" if len(splits["test"][0]) else "validation"
+    x, y = splits[split]
+    if y is None:
+        raise UsageError(f"the {split} images have no labels; evaluation needs labeled images.")
+    y = torch.from_numpy(labels.encode([names[i] for i in y.tolist()], f"data [{split}] labels"))
+    report = score_images(model, x, y, labels.names, device)
+    short = "test" if split == "test" else "val"
+    metrics = {f"{short}/accuracy": report["accuracy"], f"{short}/macro_f1": report["macro_f1"],
+               f"{short}/loss": report["loss"]}
+    details = {"run": str(target.path), "checkpoint": str(ckpt), "split": split, "examples": len(x),
+               "metrics": metrics, **report}
+    return metrics, details
+
+
 def _print_table(metrics: dict[str, float], details: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -119,8 +179,11 @@ def _print_table(metrics: dict[str, float], details: dict[str, Any]) -> None:
     table = Table(title=f"evaluate {details['run']} ({details['split']})")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    protocols = details.get("protocols", {})
+    if protocols:
+        table.add_column("protocol")
     for k, v in metrics.items():
-        table.add_row(k, f"{v:.4f}")
+        table.add_row(k, f"{v:.4f}", *([protocols.get(k.split("/", 1)[1], "")] if protocols else []))
     console.print(table)
     if "per_class" in details:
         pc = Table(title="per class")

@@ -23,7 +23,7 @@ from ptcli.data.text import SeededBatches, pad_batch, tokenize_texts
 from ptcli.errors import UsageError
 from ptcli.metrics import classification_report
 from ptcli.models.classifier import SequenceClassifier
-from ptcli.recipes.pretrain import configure_torch
+from ptcli.recipes.pretrain import configure_torch, is_image_run
 from ptcli.rundir import RunDir, atomic_write_text
 from ptcli.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
 from ptcli.trainer import BestTracker, Trainer, pick_device, seed_everything
@@ -127,14 +127,27 @@ def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
     if cfg.pretrained:
         source, src_cfg = load_pretrained(cfg.pretrained, run.manifest["overrides"])
         cfg.model = src_cfg.model
-        tok = load_tokenizer(source.tokenizer_dir)
     elif cfg.init == "pretrained" and cfg.freeze_encoder:
         raise UsageError("freeze_encoder=true without pretrained=RUN_DIR would train a head on random features.")
+    atomic_write_text(run.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))  # the real architecture
+    if is_image_run(cfg):
+        from ptcli.recipes.finetune_images import finetune_images
+
+        chose_data = any(o.split("=", 1)[0] == "data" for o in run.manifest["overrides"])
+        if source is not None and not chose_data and is_image_run(src_cfg):
+            # Fine-tune on the pre-training images' labels unless told otherwise (data=...).
+            budget = cfg.data.labels_per_class
+            for key, value in src_cfg.data.items():
+                cfg.data[key] = value
+            cfg.data.labels_per_class = budget
+            atomic_write_text(run.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        return finetune_images(cfg, run, source, device)
+    if source is not None:
+        tok = load_tokenizer(source.tokenizer_dir)
     splits, labels = load_labeled_splits(cfg, run)
     if source is None:
         tok = build_tokenizer(cfg.tokenizer, splits["train"])
     save_tokenizer(tok, run.tokenizer_dir)
-    atomic_write_text(run.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))  # the real architecture
 
     max_len = int(cfg.model.max_len)
     pad_id = tok.token_to_id("[PAD]")

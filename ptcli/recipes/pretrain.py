@@ -62,8 +62,17 @@ def evaluate_mlm(model: MaskedLM, blocks: torch.Tensor, batch_size: int, device:
     return {"loss": loss, "mlm_acc": correct / max(count, 1), "ppl": math.exp(min(loss, 50.0))}
 
 
+def is_image_run(cfg: DictConfig) -> bool:
+    targets = f"{cfg.model.get('_target_', '')} {(cfg.objective or {}).get('_target_', '')}"
+    return "convnet" in targets.lower() or "simclr" in targets.lower()
+
+
 def pretrain(cfg: DictConfig, run: RunDir) -> dict[str, float]:
     configure_torch(cfg)
+    if is_image_run(cfg):
+        from ptcli.recipes.simclr import pretrain_simclr
+
+        return pretrain_simclr(cfg, run)
     seed_everything(cfg.seed)
     device = pick_device(cfg.trainer.device)
     if cfg.objective is None or "mlm" not in str(cfg.objective.get("_target_", "")).lower():
