@@ -50,6 +50,10 @@ def save_checkpoint(root: Path, name: str, model: nn.Module, state: dict[str, An
             os.fsync(fh.fileno())
     (tmp / MARKER).write_text(json.dumps(meta or {}) + "\n")
     _fsync_dir(tmp)
+    if os.environ.get("PTCLI_CHECKPOINT_PAUSE"):  # test hook: widen the window for a kill mid-write
+        import time
+
+        time.sleep(float(os.environ["PTCLI_CHECKPOINT_PAUSE"]))
     final, old = root / name, root / f".old-{name}-{os.getpid()}"
     if final.exists():
         os.replace(final, old)
@@ -57,6 +61,20 @@ def save_checkpoint(root: Path, name: str, model: nn.Module, state: dict[str, An
     _fsync_dir(root)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def recover(root: Path, name: str) -> None:
+    """A kill between the two renames of ``save_checkpoint`` leaves ``.old-<name>-*`` but no ``<name>``:
+    put the old, complete checkpoint back."""
+    final = root / name
+    if is_complete(final):
+        return
+    for old in sorted(root.glob(f".old-{name}-*")):
+        if is_complete(old):
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(old, final)
+            return
 
 
 def is_complete(path: Path) -> bool:
@@ -93,6 +111,7 @@ def load_into(model: nn.Module, path: Path, strict: bool = True, prefix: str = "
 def resume_checkpoint(run: Any) -> Path:
     """``checkpoints/last`` of a run being resumed, which must be complete."""
     path = run.checkpoints / "last"
+    recover(run.checkpoints, "last")
     if not is_complete(path):
         raise UsageError(f"resume={run.path}: no complete checkpoint at {path}; the run stopped before its first "
                          "checkpoint. Start a new run (lower trainer.checkpoint_every to checkpoint sooner).")

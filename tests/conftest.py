@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+TINY_TRANSFORMER = ["model.dim=32", "model.heads=2", "model.layers=2", "model.ffn_dim=64"]
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 os.environ.update(OFFLINE)
 
@@ -49,7 +50,7 @@ def ptcli(cache_dir):
 def smoke_pretrain(ptcli, tmp_path_factory) -> Path:
     """One tiny completed pretrain run, shared by tests that need a pretrained encoder."""
     run_dir = tmp_path_factory.mktemp("runs") / "pretrain"
-    r = ptcli("pretrain", "debug=smoke", f"hydra.run.dir={run_dir}")
+    r = ptcli("pretrain", "debug=smoke", *TINY_TRANSFORMER, f"hydra.run.dir={run_dir}")
     assert r.code == 0, r
     return run_dir
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import read_manifest, read_metrics
+from conftest import TINY_TRANSFORMER, read_manifest, read_metrics
 from safetensors.torch import load_file
 
 
@@ -34,7 +34,7 @@ def test_smoke_run_directory_layout(smoke_pretrain):
 
 
 def test_same_seed_same_losses(ptcli, smoke_pretrain, tmp_path):
-    r = ptcli("pretrain", "debug=smoke", f"hydra.run.dir={tmp_path / 'again'}")
+    r = ptcli("pretrain", "debug=smoke", *TINY_TRANSFORMER, f"hydra.run.dir={tmp_path / 'again'}")
     assert r.code == 0, r
     first = [e["loss"] for e in read_metrics(smoke_pretrain) if e["split"] == "train"]
     again = [e["loss"] for e in read_metrics(tmp_path / "again") if e["split"] == "train"]
@@ -42,7 +42,7 @@ def test_same_seed_same_losses(ptcli, smoke_pretrain, tmp_path):
 
 
 def test_other_seed_other_losses(ptcli, smoke_pretrain, tmp_path):
-    r = ptcli("pretrain", "debug=smoke", "seed=1", f"hydra.run.dir={tmp_path / 'seed1'}")
+    r = ptcli("pretrain", "debug=smoke", *TINY_TRANSFORMER, "seed=1", f"hydra.run.dir={tmp_path / 'seed1'}")
     assert r.code == 0, r
     first = [e["loss"] for e in read_metrics(smoke_pretrain) if e["split"] == "train"]
     other = [e["loss"] for e in read_metrics(tmp_path / "seed1") if e["split"] == "train"]

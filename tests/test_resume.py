@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from conftest import OFFLINE, read_manifest, read_metrics
+from conftest import OFFLINE, TINY_TRANSFORMER, read_manifest, read_metrics
 from safetensors.torch import load_file
 
 SMALL = ["debug=smoke", "trainer.log_every=2", "trainer.eval_every=100", "trainer.checkpoint_every=10"]
@@ -85,7 +85,7 @@ def test_sigterm_exits_143(tmp_path):
 def test_resume_refuses_changed_config_and_completed_runs(ptcli, smoke_pretrain, tmp_path):
     r = ptcli("pretrain", "debug=smoke", "model.dim=64", f"resume={smoke_pretrain}")
     assert r.code == 2 and "model.dim" in r.stderr, r
-    r = ptcli("pretrain", "debug=smoke", f"resume={smoke_pretrain}")
+    r = ptcli("pretrain", "debug=smoke", *TINY_TRANSFORMER, f"resume={smoke_pretrain}")
     assert r.code == 2 and "already completed" in r.stderr, r
     assert read_manifest(smoke_pretrain)["status"] == "completed"
 
@@ -124,3 +124,23 @@ def test_sweep_with_a_failing_job_then_rerun_only_that_job(ptcli, tmp_path):
     for j in summary["jobs"]:
         if j["dir"] not in {f["dir"] for f in failed}:
             assert read_manifest(sweep / j["dir"])["ended_at"] == first_end[j["dir"]]  # untouched
+
+
+def test_sigkill_during_checkpoint_write_keeps_last_loadable(tmp_path):
+    from ptcli.checkpoint import is_complete, load_state, load_weights
+
+    run = tmp_path / "run"
+    proc = _spawn(["pretrain", *SMALL, "trainer.max_steps=40", "trainer.checkpoint_every=2", f"hydra.run.dir={run}"],
+                  {"PTCLI_CHECKPOINT_PAUSE": "0.5"})
+    ckpts = run / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until `last` exists AND a newer write is in flight
+        if (ckpts / "last").is_dir() and list(ckpts.glob(".tmp-last-*")):
+            break
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    last = ckpts / "last"
+    assert is_complete(last)
+    assert load_weights(last) and load_state(last)["step"] >= 2

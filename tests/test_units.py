@@ -128,3 +128,15 @@ def test_unsafe_targets_are_refused_before_import(tmp_path):
     with pytest.raises(UsageError):
         check_targets(OmegaConf.create({"a": [{"_target_": "ptcli.__class__"}]}))
     check_targets(OmegaConf.create({"m": {"_target_": "ptcli.models.transformer.TransformerEncoder"}}))
+
+
+def test_checkpoint_recovers_from_kill_between_renames(tmp_path):
+    import os
+
+    from ptcli.checkpoint import is_complete, recover
+
+    model = torch.nn.Linear(2, 2)
+    save_checkpoint(tmp_path, "last", model, state={"step": 1})
+    os.replace(tmp_path / "last", tmp_path / ".old-last-123")  # the state right after the first rename
+    recover(tmp_path, "last")
+    assert is_complete(tmp_path / "last")

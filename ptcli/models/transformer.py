@@ -62,8 +62,8 @@ class Block(nn.Module):
 class TransformerEncoder(nn.Module):
     modality = "text"
 
-    def __init__(self, vocab_size: int, dim: int = 256, layers: int = 4, heads: int = 4, ffn_dim: int = 1024,
-                 max_len: int = 128, dropout: float = 0.0, bias: bool = False, position: str = "learned") -> None:
+    def __init__(self, vocab_size: int, dim: int = 128, layers: int = 4, heads: int = 4, ffn_dim: int = 512,
+                 max_len: int = 128, dropout: float = 0.0, bias: bool = False, position: str = "rotary") -> None:
         super().__init__()
         for key, value in (("dim", dim), ("layers", layers), ("heads", heads), ("ffn_dim", ffn_dim),
                            ("max_len", max_len), ("vocab_size", vocab_size)):
@@ -75,6 +75,9 @@ class TransformerEncoder(nn.Module):
             raise UsageError(f"model.dropout must be in [0, 1), got {dropout}")
         if position not in ("learned", "rotary"):
             raise UsageError(f"model.position must be 'learned' or 'rotary', got {position!r}")
+        if position == "rotary" and (dim // heads) % 2:
+            raise UsageError(f"model.dim={dim} / model.heads={heads} gives an odd head size {dim // heads}; rotary "
+                             "positions need an even one (change model.heads, or use model.position=learned).")
         self.dim, self.max_len, self.vocab_size, self.position = dim, max_len, vocab_size, position
         self.tok_emb = nn.Embedding(vocab_size, dim)
         self.pos_emb = nn.Embedding(max_len, dim) if position == "learned" else None
