@@ -64,6 +64,24 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def check_trainer_config(t: Any) -> None:
+    """Refuse impossible trainer settings before any data is loaded."""
+    for key in ("batch_size", "grad_accum", "log_every", "eval_every"):
+        if t[key] is None or t[key] < 1:
+            raise UsageError(f"trainer.{key} must be a positive integer, got {t[key]}")
+    for key in ("max_steps", "max_epochs", "eval_batches", "patience"):
+        if t.get(key) is not None and t[key] < 1:
+            raise UsageError(f"trainer.{key} must be a positive integer or null, got {t[key]}")
+    if t.max_steps is None and t.max_epochs is None:
+        raise UsageError("set trainer.max_steps or trainer.max_epochs")
+    if t.checkpoint_every < 0 or t.keep_last < 1:
+        raise UsageError("trainer.checkpoint_every must be >= 0 and trainer.keep_last >= 1")
+    if t.precision not in ("fp32", "bf16"):
+        raise UsageError(f"trainer.precision must be fp32 or bf16, got {t.precision!r}")
+    if t.clip_grad is not None and t.clip_grad <= 0:
+        raise UsageError(f"trainer.clip_grad must be positive or null, got {t.clip_grad}")
+
+
 @dataclass
 class BestTracker:
     metric: str  # e.g. "val/loss"
@@ -100,12 +118,7 @@ class Trainer:
             torch.autocast(device.type, dtype=torch.bfloat16)
             if cfg.precision == "bf16" else contextlib.nullcontext()
         )
-        if cfg.precision not in ("fp32", "bf16"):
-            raise UsageError(f"trainer.precision must be fp32 or bf16, got {cfg.precision!r}")
-        if cfg.grad_accum < 1 or cfg.batch_size < 1:
-            raise UsageError("trainer.batch_size and trainer.grad_accum must be >= 1")
-        if cfg.log_every < 1 or cfg.eval_every < 1:
-            raise UsageError("trainer.log_every and trainer.eval_every must be >= 1")
+        check_trainer_config(cfg)
 
     # -- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

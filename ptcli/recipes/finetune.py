@@ -26,7 +26,7 @@ from ptcli.models.classifier import SequenceClassifier
 from ptcli.recipes.pretrain import configure_torch, is_image_run
 from ptcli.rundir import RunDir, atomic_write_text
 from ptcli.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
-from ptcli.trainer import BestTracker, Trainer, pick_device, seed_everything
+from ptcli.trainer import BestTracker, Trainer, check_trainer_config, pick_device, seed_everything
 
 
 class ClassBatches(SeededBatches):
@@ -116,6 +116,7 @@ def build_classifier(model_cfg: DictConfig, vocab_size: int, num_classes: int) -
 
 
 def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
+    check_trainer_config(cfg.trainer)
     configure_torch(cfg)
     seed_everything(cfg.seed)
     device = pick_device(cfg.trainer.device)

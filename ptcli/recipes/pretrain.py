@@ -19,7 +19,7 @@ from ptcli.errors import UsageError
 from ptcli.objectives.mlm import MaskedLM, word_start_table
 from ptcli.rundir import RunDir
 from ptcli.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer, special_ids
-from ptcli.trainer import BestTracker, Trainer, pick_device, seed_everything
+from ptcli.trainer import BestTracker, Trainer, check_trainer_config, pick_device, seed_everything
 
 EVAL_SEED = 1234  # validation masks are the same at every evaluation, so scores are comparable
 
@@ -68,6 +68,7 @@ def is_image_run(cfg: DictConfig) -> bool:
 
 
 def pretrain(cfg: DictConfig, run: RunDir) -> dict[str, float]:
+    check_trainer_config(cfg.trainer)
     configure_torch(cfg)
     if is_image_run(cfg):
         from ptcli.recipes.simclr import pretrain_simclr
