@@ -205,6 +205,10 @@ class Trainer:
                     self.scheduler.step()
                     self.step += 1
                     self.n_acc += 1
+                    if "first_step_s" not in self.run.manifest:
+                        from ptcli import PROCESS_START
+
+                        self.run.manifest["first_step_s"] = round(time.time() - PROCESS_START, 3)
                     if self._step_delay:
                         time.sleep(self._step_delay)
                     if self.step % cfg.log_every == 0 or self.step == self.total_steps:
