@@ -155,6 +155,26 @@ def runs(
         print_runs(rows)
 
 
+@app.command()
+def embed(
+    run_dir: Path = typer.Argument(..., help="A pretrain or finetune run directory."),
+    input: Path = typer.Option(..., "--input", help="Texts (csv/tsv/json/jsonl/parquet/txt) or images (folder/.npz)."),
+    out: Path = typer.Option(..., "--out", help="Output .npy ([N, dim] float32) or .parquet."),
+    text_column: str = typer.Option("text", "--text-column", help="Text column of tabular input."),
+) -> None:
+    """Write pooled encoder embeddings, one row per input text or image (heads dropped)."""
+    from ptcli.errors import UsageError
+
+    try:
+        from ptcli.embed import embed as run_embed
+
+        n = run_embed(run_dir, input, out, text_column)
+    except UsageError as exc:
+        typer.echo(f"ptcli: error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"ptcli: wrote {n} embeddings to {out}", err=True)
+
+
 def _quote(value: str) -> str:
     # Paths with Hydra grammar characters (=, comma, spaces, ...) must be quoted to stay one value.
     if any(c in value for c in " ,=[]{}()'\"\\:$"):

@@ -98,7 +98,7 @@ class TokenizerConfig:
 @dataclass
 class AdamWConfig:
     _target_: str = "ptcli.optim.build_adamw"
-    lr: float = 1e-3
+    lr: float | None = 1e-3
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6

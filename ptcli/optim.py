@@ -10,13 +10,15 @@ from torch import nn
 from ptcli.errors import UsageError
 
 
-def build_adamw(model: nn.Module, lr: float, weight_decay: float, betas: list[float], eps: float,
+def build_adamw(model: nn.Module, lr: float | None, weight_decay: float, betas: list[float], eps: float,
                 head_lr: float | None = None) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not on norms, biases or 1-d parameters).
 
     A model with a ``head`` (a classifier) gets ``head_lr`` for it: a fresh head wants a larger step
     than a pre-trained encoder.
     """
+    if lr is None:
+        raise UsageError("optim.lr is not set; pass optim.lr=<learning rate>")
     for key, value in (("lr", lr), ("head_lr", head_lr)):
         if value is not None and value <= 0:
             raise UsageError(f"optim.{key} must be positive, got {value}")

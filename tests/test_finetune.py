@@ -119,3 +119,18 @@ def test_tampered_config_is_refused_and_nothing_runs(ptcli, smoke_finetune, tmp_
     assert r.code == 2, r
     assert "os.system" in r.stderr
     assert not marker.exists()
+
+
+def test_embed_text_rows_and_width(ptcli, smoke_pretrain, smoke_finetune, tmp_path):
+    import numpy as np
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("Return the sum of two numbers.\nOpen a socket connection.\nParse an email header.\n")
+    for run in (smoke_pretrain, smoke_finetune):
+        out = tmp_path / f"{run.name}.npy"
+        r = ptcli("embed", str(run), "--input", str(texts), "--out", str(out))
+        assert r.code == 0, r
+        arr = np.load(out)
+        assert arr.shape == (3, 32) and np.isfinite(arr).all()
+    r = ptcli("embed", str(smoke_pretrain), "--input", str(tmp_path / "nope.txt"), "--out", str(out))
+    assert r.code == 2 and "nope.txt" in r.stderr

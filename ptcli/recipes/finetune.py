@@ -28,6 +28,8 @@ from ptcli.rundir import RunDir, atomic_write_text
 from ptcli.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
 from ptcli.trainer import BestTracker, Trainer, check_trainer_config, pick_device, seed_everything
 
+FINETUNE_LR = {"text": 3e-4, "image": 1e-4}
+
 
 class ClassBatches(SeededBatches):
     def __init__(self, seqs: list[list[int]], labels: np.ndarray, batch_size: int, seed: int, pad_id: int) -> None:
@@ -130,6 +132,8 @@ def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
         cfg.model = src_cfg.model
     elif cfg.init == "pretrained" and cfg.freeze_encoder:
         raise UsageError("freeze_encoder=true without pretrained=RUN_DIR would train a head on random features.")
+    if cfg.optim.lr is None:  # the encoder's default: measured best head start at 16 (text) / 5 (images) labels
+        cfg.optim.lr = FINETUNE_LR["image" if is_image_run(cfg) else "text"]
     atomic_write_text(run.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))  # the real architecture
     if is_image_run(cfg):
         from ptcli.recipes.finetune_images import finetune_images

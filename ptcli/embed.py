@@ -1,0 +1,81 @@
+"""``ptcli embed``: pooled encoder embeddings (the backbone without its pre-training or task head).
+
+Text: mean over real tokens of the final hidden states. Images: the encoder's pooled features.
+Output: ``.npy`` (float32 ``[N, dim]``) or ``.parquet`` (one ``embedding`` list column).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ptcli.errors import UsageError
+
+
+def _encoder(run_dir: Path):
+    from ptcli.build import check_targets, instantiate
+    from ptcli.checkpoint import is_complete, load_into
+    from ptcli.recipes.pretrain import is_image_run
+    from ptcli.rundir import RunDir
+
+    run = RunDir.load(run_dir)
+    cfg = run.config()
+    check_targets(cfg, str(run.path / "config.yaml"))
+    ckpt = next((run.checkpoints / n for n in ("best", "last") if is_complete(run.checkpoints / n)), None)
+    if ckpt is None:
+        raise UsageError(f"{run.path}: no complete checkpoint to embed with.")
+    if is_image_run(cfg):
+        encoder, tok = instantiate(cfg.model, "model"), None
+    else:
+        from ptcli.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(run.tokenizer_dir)
+        encoder = instantiate(cfg.model, "model", vocab_size=tok.get_vocab_size())
+    missing = load_into(encoder, ckpt, strict=False, prefix="encoder.")
+    if missing:
+        raise UsageError(f"{ckpt}: no encoder weights {missing[:3]} in this checkpoint.")
+    return encoder.eval(), tok, cfg
+
+
+@torch.no_grad()
+def embed(run_dir: Path, input_path: Path, out: Path, text_column: str = "text", batch_size: int = 64) -> int:
+    """Write embeddings of every row/image of ``input_path`` to ``out``; return the number of rows."""
+    if not input_path.exists():
+        raise UsageError(f"--input: '{input_path}' does not exist.")
+    if out.suffix not in (".npy", ".parquet"):
+        raise UsageError(f"--out: '{out}' must end in .npy or .parquet.")
+    encoder, tok, cfg = _encoder(run_dir)
+    if tok is None:
+        from ptcli.data.images import load_image_folder
+
+        x, _, _ = load_image_folder(str(input_path), int(cfg.data.get("size") or 8), int(cfg.model.in_channels))
+        feats = torch.cat([encoder(x[i : i + 512]).float() for i in range(0, len(x), 512)])
+    else:
+        from ptcli.data.sources import TextFiles
+        from ptcli.data.text import pad_batch, tokenize_texts
+
+        ds = TextFiles(train=str(input_path), text_column=text_column, label_column="\0")._read("input", input_path)
+        seqs = tokenize_texts(ds, tok, int(cfg.model.max_len), "--input")
+        pad = tok.token_to_id("[PAD]")
+        chunks = []
+        for i in range(0, len(seqs), batch_size):
+            ids, mask = pad_batch(seqs[i : i + batch_size], pad)
+            hidden = encoder(ids, mask)
+            m = mask.unsqueeze(-1).to(hidden.dtype)
+            chunks.append(((hidden * m).sum(1) / m.sum(1).clamp(min=1)).float())
+        feats = torch.cat(chunks)
+    arr = feats.numpy().astype(np.float32)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    if out.suffix == ".npy":
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"embedding": list(arr)}), tmp)
+    tmp.replace(out)
+    return len(arr)
