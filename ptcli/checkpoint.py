@@ -63,6 +63,32 @@ def save_checkpoint(root: Path, name: str, model: nn.Module, state: dict[str, An
     return final
 
 
+def rotate_checkpoints(root: Path, last: Path, step: int, keep_last: int) -> list[str]:
+    """Keep the ``keep_last`` most recent ``last`` checkpoints as ``step-NNNNNNNN`` (``last`` counts as one).
+
+    Only ``step-*`` directories are ever deleted: ``best`` and ``last`` are separate directories and
+    cannot be rotated away (transformers#15089, #35070).
+    """
+    snapshot = root / f"step-{step:08d}"
+    if not snapshot.exists():
+        tmp = root / f".tmp-step-{step:08d}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(last, tmp, copy_function=_link_or_copy)
+        os.replace(tmp, snapshot)
+    history = sorted(p for p in root.glob("step-*") if p.is_dir())
+    for old in history[: max(0, len(history) - (keep_last - 1))]:
+        shutil.rmtree(old, ignore_errors=True)
+    return [p.name for p in sorted(root.glob("step-*"))]
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    # Snapshots share bytes with `last` until `last` is replaced (its files are new inodes each save).
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def recover(root: Path, name: str) -> None:
     """A kill between the two renames of ``save_checkpoint`` leaves ``.old-<name>-*`` but no ``<name>``:
     put the old, complete checkpoint back."""

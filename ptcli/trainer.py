@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ptcli.checkpoint import save_checkpoint
+from ptcli.checkpoint import rotate_checkpoints, save_checkpoint
 from ptcli.errors import Interrupted, RunFailed, UsageError
 from ptcli.progress import Progress
 from ptcli.rundir import RunDir
@@ -157,6 +157,9 @@ class Trainer:
         path = save_checkpoint(self.run.checkpoints, name, self.model,
                                state=self.state_dict() if name == "last" else None, meta=meta)
         self.run.manifest["checkpoints"][name] = {"path": str(path.relative_to(self.run.path)), "step": self.step}
+        if name == "last" and self.cfg.keep_last > 1:
+            kept = rotate_checkpoints(self.run.checkpoints, path, self.step, self.cfg.keep_last)
+            self.run.manifest["checkpoints"]["history"] = kept
         self.run.update(step=self.step)
 
     # -- signals -----------------------------------------------------------------------------------

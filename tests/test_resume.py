@@ -144,3 +144,15 @@ def test_sigkill_during_checkpoint_write_keeps_last_loadable(tmp_path):
     last = ckpts / "last"
     assert is_complete(last)
     assert load_weights(last) and load_state(last)["step"] >= 2
+
+
+def test_keep_last_rotation_never_touches_best(ptcli, tmp_path):
+    run = tmp_path / "run"
+    r = ptcli("pretrain", *SMALL, "trainer.max_steps=12", "trainer.checkpoint_every=2", "trainer.keep_last=3",
+              "trainer.eval_every=4", f"hydra.run.dir={run}")
+    assert r.code == 0, r
+    ckpts = run / "checkpoints"
+    steps = sorted(p.name for p in ckpts.glob("step-*"))
+    assert steps == ["step-00000010", "step-00000012"]  # keep_last=3: last + the two newest snapshots
+    assert (ckpts / "best" / "COMPLETE").is_file() and (ckpts / "last" / "COMPLETE").is_file()
+    assert read_manifest(run)["checkpoints"]["history"] == steps
