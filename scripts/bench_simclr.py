@@ -16,16 +16,7 @@ import time
 from pathlib import Path
 
 import torch
-
-
-def matmul_peak_gflops(n: int = 1024, reps: int = 20) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+from bench_mlm import matmul_peak_gflops  # same peak measurement for both benchmarks
 
 
 def main() -> None:

@@ -51,6 +51,20 @@ def source_checkpoint(run: RunDir) -> Path:
                      f"(run status: {run.manifest.get('status')}).")
 
 
+def prepare_encoder(model: torch.nn.Module, cfg: DictConfig, run: RunDir, source: RunDir | None,
+                    device: torch.device) -> None:
+    """Load the pretrained encoder weights (init=pretrained), freeze it for a linear probe, move to device."""
+    if source is not None and cfg.init == "pretrained" and not cfg.resume:
+        ckpt = source_checkpoint(source)
+        missing = load_into(model.encoder, ckpt, strict=False, prefix="encoder.")
+        if missing:
+            raise UsageError(f"pretrained={cfg.pretrained}: checkpoint {ckpt} lacks encoder weights {missing[:5]}.")
+        run.update(pretrained={"run": str(source.path), "checkpoint": str(ckpt)})
+    if cfg.freeze_encoder:
+        model.encoder.requires_grad_(False)
+    model.to(device)
+
+
 def load_pretrained(path: str, overrides: list[str]) -> tuple[RunDir, DictConfig]:
     """The pretrain run and its config, refusing foreign ``_target_``s and conflicting model overrides."""
     source = RunDir.load(path)
@@ -162,15 +176,7 @@ def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
         raise UsageError("no labeled validation examples; pass data.validation=FILE or more data.")
 
     model = build_classifier(cfg.model, tok.get_vocab_size(), len(labels.names))
-    if source is not None and cfg.init == "pretrained" and not cfg.resume:
-        ckpt = source_checkpoint(source)
-        missing = load_into(model.encoder, ckpt, strict=False, prefix="encoder.")
-        if missing:
-            raise UsageError(f"pretrained={cfg.pretrained}: checkpoint {ckpt} lacks encoder weights {missing[:5]}.")
-        run.update(pretrained={"run": str(source.path), "checkpoint": str(ckpt)})
-    if cfg.freeze_encoder:
-        model.encoder.requires_grad_(False)
-    model.to(device)
+    prepare_encoder(model, cfg, run, source, device)
 
     optimizer = instantiate(cfg.optim, "optim", model=model)
     total = int(cfg.trainer.max_steps or cfg.trainer.max_epochs * max(1, len(seqs["train"]) // cfg.trainer.batch_size))

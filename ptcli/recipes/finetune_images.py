@@ -64,19 +64,11 @@ def labeled_image_splits(cfg: DictConfig, run: RunDir) -> tuple[dict[str, tuple[
 
 
 def finetune_images(cfg: DictConfig, run: RunDir, source: RunDir | None, device: torch.device) -> dict[str, float]:
-    from ptcli.recipes.finetune import source_checkpoint
+    from ptcli.recipes.finetune import prepare_encoder
 
     splits, labels = labeled_image_splits(cfg, run)
     model = build_image_classifier(cfg.model, len(labels.names))
-    if source is not None and cfg.init == "pretrained" and not cfg.resume:
-        ckpt = source_checkpoint(source)
-        missing = load_into(model.encoder, ckpt, strict=False, prefix="encoder.")
-        if missing:
-            raise UsageError(f"pretrained={cfg.pretrained}: checkpoint {ckpt} lacks encoder weights {missing[:5]}.")
-        run.update(pretrained={"run": str(source.path), "checkpoint": str(ckpt)})
-    if cfg.freeze_encoder:
-        model.encoder.requires_grad_(False)
-    model.to(device)
+    prepare_encoder(model, cfg, run, source, device)
     optimizer = instantiate(cfg.optim, "optim", model=model)
     batches = LabeledImageBatches(*splits["train"], cfg.trainer.batch_size, cfg.seed)
     total = int(cfg.trainer.max_steps or cfg.trainer.max_epochs * batches.batches_per_epoch)
