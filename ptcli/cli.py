@@ -156,6 +156,28 @@ def runs(
 
 
 @app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="An MLM pretrain run directory."),
+    format: str = typer.Option("hf", "--format", help="Output format: hf (a transformers directory)."),
+    out: Path = typer.Option(..., "--out", help="Directory to write."),
+) -> None:
+    """Write a Hugging Face transformers directory (AutoModelForMaskedLM + AutoTokenizer load it offline)."""
+    from ptcli.errors import UsageError
+
+    if format != "hf":
+        typer.echo(f"ptcli: error: --format {format!r} is not supported; use --format hf", err=True)
+        raise typer.Exit(2)
+    try:
+        from ptcli.export import export_hf
+
+        export_hf(run_dir, out)
+    except UsageError as exc:
+        typer.echo(f"ptcli: error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"ptcli: wrote {out}", err=True)
+
+
+@app.command()
 def embed(
     run_dir: Path = typer.Argument(..., help="A pretrain or finetune run directory."),
     input: Path = typer.Option(..., "--input", help="Texts (csv/tsv/json/jsonl/parquet/txt) or images (folder/.npz)."),
