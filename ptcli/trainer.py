@@ -78,6 +78,9 @@ def check_trainer_config(t: Any) -> None:
         raise UsageError("trainer.checkpoint_every must be >= 0 and trainer.keep_last >= 1")
     if t.precision not in ("fp32", "bf16"):
         raise UsageError(f"trainer.precision must be fp32 or bf16, got {t.precision!r}")
+    if t.strategy != "single":
+        raise UsageError(f"trainer.strategy={t.strategy}: only 'single' (one process, CPU or one GPU) is "
+                         "implemented so far; ddp/fsdp under torchrun are not available yet.")
     if t.clip_grad is not None and t.clip_grad <= 0:
         raise UsageError(f"trainer.clip_grad must be positive or null, got {t.clip_grad}")
 
