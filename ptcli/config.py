@@ -157,6 +157,8 @@ class RunConfig:
     freeze_encoder: bool = False
     resume: str | None = None
     init_from: str | None = None
+    # Extra metric loggers beside metrics.jsonl: tensorboard, mlflow, or a list of both.
+    logger: Any = None
     # evaluate: the run directory being scored
     run_dir: str | None = None
 

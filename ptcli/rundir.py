@@ -97,6 +97,7 @@ class RunDir:
         self.path = path
         self.manifest = manifest
         self._started = time.time()
+        self.loggers: list[Any] = []
 
     @property
     def command(self) -> str:
@@ -216,6 +217,8 @@ class RunDir:
         event = {"step": step, "split": split, **{k: _clean(v) for k, v in values.items()}}
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(event) + "\n")
+        for logger in self.loggers:
+            logger.log(step, split, values)
 
     def update(self, **fields: Any) -> None:
         self.manifest.update(fields)
@@ -232,6 +235,9 @@ class RunDir:
         self.manifest["ended_at"] = _now()
         self.manifest["duration_s"] = round(time.time() - self._started, 3)
         self.save()
+        for logger in self.loggers:
+            logger.close(status)
+        self.loggers = []
 
     @property
     def checkpoints(self) -> Path:

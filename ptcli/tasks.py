@@ -72,6 +72,9 @@ def _run(command: str, cfg: DictConfig) -> float | None:
     # Errors are recorded and reported here, never raised into Hydra: a sweep goes on after a failed
     # job, and the launcher turns the recorded exit codes into the process exit code.
     try:
+        from ptcli.loggers import build_loggers
+
+        run.loggers = build_loggers(cfg.get("logger"), run.path, cfg, command)
         recipe = _recipe(command)
         metrics = recipe(cfg, run)
         run.finish("completed", metrics=metrics)

@@ -125,3 +125,36 @@ def test_hf_hub_name_offline_is_a_clear_error(ptcli, tmp_path):
               f"hydra.run.dir={tmp_path / 'run'}")
     assert r.code == 2, r
     assert "some-org/nonexistent-corpus" in r.stderr and "offline" in r.stderr.lower()
+
+
+def test_tensorboard_and_mlflow_loggers(ptcli, tmp_path):
+    import pytest
+
+    pytest.importorskip("tensorboard")
+    mlflow = pytest.importorskip("mlflow")
+    run = tmp_path / "run"
+    store = tmp_path / "mlruns"
+    r = ptcli("pretrain", "debug=smoke", "trainer.max_steps=10", "logger=[tensorboard,mlflow]",
+              f"hydra.run.dir={run}", env={"MLFLOW_TRACKING_URI": f"file:{store}", "MLFLOW_ALLOW_FILE_STORE": "true"})
+    assert r.code == 0, r
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(run / "tensorboard"))
+    ea.Reload()
+    assert "train/loss" in ea.Tags()["scalars"] and "val/mlm_acc" in ea.Tags()["scalars"]
+    import os
+
+    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"file:{store}")
+    exp = client.get_experiment_by_name("ptcli-pretrain")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    history = client.get_metric_history(runs[0].info.run_id, "train/loss")
+    assert [m.step for m in history] == [5, 10]
+    assert runs[0].data.params["model.dim"] == "128"
+
+
+def test_unknown_logger_is_a_usage_error(ptcli, tmp_path):
+    r = ptcli("pretrain", "debug=smoke", "logger=wandb", f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.code == 2 and "wandb" in r.stderr and "tensorboard" in r.stderr, r
