@@ -55,10 +55,11 @@ def embed(run_dir: Path, input_path: Path, out: Path, text_column: str = "text",
     else:
         from ptcli.data.sources import TextFiles
         from ptcli.data.text import pad_batch, tokenize_texts
+        from ptcli.tokenizer import special_ids
 
         ds = TextFiles(train=str(input_path), text_column=text_column, label_column="\0")._read("input", input_path)
         seqs = tokenize_texts(ds, tok, int(cfg.model.max_len), "--input")
-        pad = tok.token_to_id("[PAD]")
+        pad = special_ids(tok)["pad"]
         chunks = []
         for i in range(0, len(seqs), batch_size):
             ids, mask = pad_batch(seqs[i : i + batch_size], pad)

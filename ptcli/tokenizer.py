@@ -64,9 +64,11 @@ def load_tokenizer(path: str | Path):
         tok = Tokenizer.from_file(str(p))
     except Exception as exc:
         raise UsageError(f"cannot read tokenizer '{p}': {exc}") from exc
-    missing = [t for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]") if tok.token_to_id(t) is None]
+    ids = special_ids(tok)
+    missing = [SPECIAL_NAMES[n][0] for n in ("pad", "cls", "sep") if ids[n] is None]
     if missing:
-        raise UsageError(f"tokenizer '{p}' lacks special tokens {missing}; ptcli needs [PAD] [CLS] [SEP] [MASK].")
+        raise UsageError(f"tokenizer '{p}' lacks special tokens {missing}; ptcli needs [PAD] [CLS] [SEP] (and "
+                         "[MASK] for MLM), or their RoBERTa names <pad> <s> </s> <mask>.")
     return tok
 
 
@@ -102,5 +104,13 @@ def save_tokenizer(tok: Any, directory: Path) -> None:
     tok.save(str(directory / "tokenizer.json"))
 
 
-def special_ids(tok: Any) -> dict[str, int]:
-    return {name: tok.token_to_id(f"[{name.upper()}]") for name in ("pad", "unk", "cls", "sep", "mask")}
+# BERT-style names first, then RoBERTa-style ones (tokenizers of `pretrained=hf:` checkpoints).
+SPECIAL_NAMES = {"pad": ("[PAD]", "<pad>"), "unk": ("[UNK]", "<unk>"), "cls": ("[CLS]", "<s>"),
+                 "sep": ("[SEP]", "</s>"), "mask": ("[MASK]", "<mask>")}
+
+
+def special_ids(tok: Any) -> dict[str, int | None]:
+    out: dict[str, int | None] = {}
+    for name, candidates in SPECIAL_NAMES.items():
+        out[name] = next((i for i in (tok.token_to_id(c) for c in candidates) if i is not None), None)
+    return out

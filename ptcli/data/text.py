@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ptcli.errors import UsageError
+from ptcli.tokenizer import special_ids
 
 
 def _fingerprint(*parts: Any) -> str:
@@ -23,7 +24,8 @@ def pack_blocks(split: Any, tok: Any, block_size: int, where: str = "data") -> t
     """
     if block_size < 8:
         raise UsageError(f"data.block_size must be at least 8, got {block_size}")
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    ids = special_ids(tok)
+    cls_id, sep_id = ids["cls"], ids["sep"]
     body = block_size - 1
     tok_hash = hashlib.sha256(tok.to_str().encode()).hexdigest()[:16]
 
@@ -121,7 +123,8 @@ def pad_batch(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 def tokenize_texts(split: Any, tok: Any, max_len: int, where: str = "data") -> list[list[int]]:
     """``[CLS] text [SEP]`` token ids per row, truncated to ``max_len`` (``datasets.map``, cached)."""
     tok_hash = hashlib.sha256(tok.to_str().encode()).hexdigest()[:16]
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    ids = special_ids(tok)
+    cls_id, sep_id = ids["cls"], ids["sep"]
 
     def encode(batch: dict) -> dict:
         out = []

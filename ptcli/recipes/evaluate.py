@@ -21,7 +21,7 @@ from ptcli.data.text import pack_blocks, tokenize_texts
 from ptcli.errors import UsageError
 from ptcli.recipes.pretrain import is_image_run
 from ptcli.rundir import RunDir, atomic_write_text
-from ptcli.tokenizer import load_tokenizer
+from ptcli.tokenizer import load_tokenizer, special_ids
 from ptcli.trainer import pick_device, seed_everything
 
 
@@ -107,7 +107,7 @@ def _evaluate_classifier(target: RunDir, tcfg: DictConfig, data_cfg: DictConfig,
     ds = ds.filter(lambda b: [v is not None for v in b["label"]], batched=True)
     y = labels.encode(ds["label"], f"data.label_column [{split}]")
     seqs = tokenize_texts(ds, tok, int(tcfg.model.max_len), f"data {split} split")
-    report = score(model, seqs, y, labels, tok.token_to_id("[PAD]"), device)
+    report = score(model, seqs, y, labels, special_ids(tok)["pad"], device)
     short = "test" if split == "test" else "val"
     metrics = {f"{short}/accuracy": report["accuracy"], f"{short}/macro_f1": report["macro_f1"],
                f"{short}/loss": report["loss"]}

@@ -25,7 +25,7 @@ from ptcli.metrics import classification_report
 from ptcli.models.classifier import SequenceClassifier
 from ptcli.recipes.pretrain import configure_torch, is_image_run
 from ptcli.rundir import RunDir, atomic_write_text
-from ptcli.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
+from ptcli.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer, special_ids
 from ptcli.trainer import BestTracker, Trainer, check_trainer_config, pick_device, seed_everything
 
 FINETUNE_LR = {"text": 3e-4, "image": 1e-4}
@@ -63,6 +63,20 @@ def prepare_encoder(model: torch.nn.Module, cfg: DictConfig, run: RunDir, source
     if cfg.freeze_encoder:
         model.encoder.requires_grad_(False)
     model.to(device)
+
+
+def hf_model_config(path: str, random_init: bool) -> DictConfig:
+    """``model`` config for ``pretrained=hf:PATH``: the architecture is the checkpoint's own."""
+    from ptcli.models.hf import _transformers
+
+    try:
+        config = _transformers().AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"pretrained=hf:{path}: cannot load its config ({str(exc).splitlines()[0][:200]}). "
+                         "Offline, pass a local directory saved with save_pretrained.") from exc
+    limit = int(getattr(config, "max_position_embeddings", 512)) - (2 if config.model_type == "roberta" else 0)
+    return OmegaConf.create({"_target_": "ptcli.models.hf.HFEncoder", "path": path, "max_len": min(128, limit),
+                             "random_init": random_init})
 
 
 def load_pretrained(path: str, overrides: list[str]) -> tuple[RunDir, DictConfig]:
@@ -141,7 +155,10 @@ def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
 
     # Backbone: architecture + tokenizer from the pretrain run, or from this config.
     source: RunDir | None = None
-    if cfg.pretrained:
+    hf_path = str(cfg.pretrained)[3:] if str(cfg.pretrained or "").startswith("hf:") else None
+    if hf_path:
+        cfg.model = hf_model_config(hf_path, random_init=cfg.init == "random")
+    elif cfg.pretrained:
         source, src_cfg = load_pretrained(cfg.pretrained, run.manifest["overrides"])
         cfg.model = src_cfg.model
     elif cfg.init == "pretrained" and cfg.freeze_encoder:
@@ -161,15 +178,19 @@ def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
             cfg.data.labels_per_class = budget
             atomic_write_text(run.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         return finetune_images(cfg, run, source, device)
-    if source is not None:
+    if hf_path:
+        from ptcli.models.hf import load_hf_tokenizer
+
+        tok = load_hf_tokenizer(hf_path)
+    elif source is not None:
         tok = load_tokenizer(source.tokenizer_dir)
     splits, labels = load_labeled_splits(cfg, run)
-    if source is None:
+    if source is None and not hf_path:
         tok = build_tokenizer(cfg.tokenizer, splits["train"])
     save_tokenizer(tok, run.tokenizer_dir)
 
     max_len = int(cfg.model.max_len)
-    pad_id = tok.token_to_id("[PAD]")
+    pad_id = special_ids(tok)["pad"]
     seqs = {s: tokenize_texts(ds, tok, max_len, f"data {s} split") for s, ds in splits.items()}
     ys = {s: labels.encode(ds["label"], f"data.label_column [{s}]") for s, ds in splits.items()}
     if "validation" not in seqs or len(seqs["validation"]) == 0:
