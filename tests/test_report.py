@@ -55,3 +55,23 @@ def test_runs_lists_statuses(ptcli, sweep, tmp_path):
     assert len(rows) == 4 and {row["status"] for row in rows} == {"completed"}
     r = ptcli("runs", str(tmp_path), "--json")
     assert [row["status"] for row in json.loads(r.stdout)] == ["failed"]
+    # an interrupted run (SIGINT mid-training) is listed as such, newest first
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    stopped = tmp_path / "stopped"
+    env = {**os.environ, "PTCLI_STEP_DELAY": "0.1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "ptcli", "pretrain", "debug=smoke", "trainer.max_steps=200",
+                             f"hydra.run.dir={stopped}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (stopped / "metrics.jsonl").is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    r = ptcli("runs", str(tmp_path), "--json")
+    assert [row["status"] for row in json.loads(r.stdout)] == ["interrupted", "failed"]
+    r = ptcli("runs", str(tmp_path))
+    assert r.code == 0 and "interrupted" in r.stdout and "failed" in r.stdout
