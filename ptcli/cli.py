@@ -51,6 +51,24 @@ PASSTHROUGH = {
     "help_option_names": ["--help"],
 }
 
+GROUPS = ("model", "objective", "data", "trainer", "optim", "schedule", "debug", "experiment")
+COMMON_KEYS = ("seed=", "pretrained=", "init=", "resume=", "freeze_encoder=", "logger=", "trainer.max_steps=",
+               "trainer.batch_size=", "data.labels_per_class=", "data.train=", "optim.lr=", "hydra.run.dir=")
+
+
+def complete_overrides(incomplete: str) -> list[str]:
+    """Shell completion for overrides: ``model=<TAB>`` lists conf/model/*.yaml; no Hydra import needed."""
+    from ptcli.launch import conf_dir
+
+    root = conf_dir()
+    group, eq, prefix = incomplete.partition("=")
+    if eq and group.lstrip("+~") in GROUPS:
+        options = sorted(p.stem for p in (root / group.lstrip("+~")).glob("*.yaml"))
+        return [f"{group}={o}" for o in options if o.startswith(prefix)]
+    candidates = [f"{g}=" for g in GROUPS] + list(COMMON_KEYS)
+    return [c for c in candidates if c.startswith(incomplete)]
+
+
 JsonOpt = typer.Option(False, "--json", help="Print the final metrics as one JSON object on stdout, and nothing else.")
 
 
@@ -80,7 +98,7 @@ def _hydra(command: str, ctx: typer.Context, overrides: list[str] | None, json_o
 def pretrain(
     ctx: typer.Context,
     overrides: list[str] | None = typer.Argument(
-        None, help="Hydra overrides, e.g. model.dim=128 trainer.max_steps=500"
+        None, help="Hydra overrides, e.g. model.dim=128 trainer.max_steps=500", autocompletion=complete_overrides
     ),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -92,7 +110,8 @@ def pretrain(
 def finetune(
     ctx: typer.Context,
     overrides: list[str] | None = typer.Argument(
-        None, help="Hydra overrides, e.g. pretrained=outputs/pretrain/... data.labels_per_class=16"
+        None, help="Hydra overrides, e.g. pretrained=outputs/pretrain/... data.labels_per_class=16",
+        autocompletion=complete_overrides,
     ),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -104,7 +123,9 @@ def finetune(
 def evaluate(
     ctx: typer.Context,
     run_dir: Path = typer.Argument(..., help="A finished run directory."),
-    overrides: list[str] | None = typer.Argument(None, help="Hydra overrides, e.g. data=text data.test=test.csv"),
+    overrides: list[str] | None = typer.Argument(
+        None, help="Hydra overrides, e.g. data=text data.test=test.csv", autocompletion=complete_overrides
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
     """Score a finished run on held-out data (the test split unless overrides point elsewhere)."""

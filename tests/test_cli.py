@@ -77,3 +77,22 @@ def test_config_dir_adds_experiments(ptcli, tmp_path):
     r = ptcli("pretrain", "--config-dir", str(tmp_path / "myconf"), "experiment=wide", "--cfg", "job", cwd=tmp_path)
     assert r.code == 0, r
     assert "dim: 96" in r.stdout
+
+
+def _complete(words: str, cword: int) -> list[str]:
+    import os
+
+    env = {**os.environ, "_PTCLI_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(cword)}
+    out = subprocess.run([sys.executable, "-m", "ptcli"], capture_output=True, text=True, env=env)
+    return out.stdout.split()
+
+
+def test_shell_completion_of_commands_and_group_options():
+    from ptcli.cli import complete_overrides
+
+    assert complete_overrides("model=") == ["model=convnet", "model=transformer"]
+    assert complete_overrides("data=d") == ["data=digits"]
+    assert "objective=" in complete_overrides("obj")
+    assert "debug=smoke" in complete_overrides("debug=")
+    assert "finetune" in _complete("ptcli fi", 1)
+    assert _complete("ptcli pretrain model=", 2) == ["model=convnet", "model=transformer"]
