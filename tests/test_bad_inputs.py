@@ -27,7 +27,7 @@ def _assert_usage_error(r, *needles, run_dir=None):
 
 @pytest.mark.parametrize("case", [
     "empty_csv", "malformed_jsonl", "too_short", "bad_extension", "heads_dim", "mask_rate", "negative_steps",
-    "zero_batch", "missing_train_key", "strategy",
+    "zero_batch", "missing_train_key", "strategy", "init_from",
 ])
 def test_bad_pretrain_inputs(ptcli, tmp_path, case):
     run = tmp_path / "run"
@@ -60,6 +60,9 @@ def test_bad_pretrain_inputs(ptcli, tmp_path, case):
     elif case == "zero_batch":
         r = ptcli(*base, "trainer.batch_size=0")
         _assert_usage_error(r, "trainer.batch_size", run_dir=run)
+    elif case == "init_from":
+        r = ptcli(*base, "init_from=hf:bert-base-uncased")
+        _assert_usage_error(r, "init_from=hf:bert-base-uncased", "not implemented", run_dir=run)
     elif case == "strategy":
         r = ptcli(*base, "trainer.strategy=ddp")
         _assert_usage_error(r, "trainer.strategy=ddp", run_dir=run)

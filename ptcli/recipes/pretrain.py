@@ -69,6 +69,11 @@ def is_image_run(cfg: DictConfig) -> bool:
 
 def pretrain(cfg: DictConfig, run: RunDir) -> dict[str, float]:
     check_trainer_config(cfg.trainer)
+    if cfg.init_from:
+        raise UsageError(f"init_from={cfg.init_from}: continued pre-training from a transformers checkpoint is not "
+                         "implemented yet. Fine-tuning one works: ptcli finetune pretrained=hf:NAME_OR_DIR.")
+    if cfg.pretrained:
+        raise UsageError("pretrained= is a finetune option; to continue a pretrain run use resume=RUN_DIR.")
     configure_torch(cfg)
     if is_image_run(cfg):
         from ptcli.recipes.simclr import pretrain_simclr
