@@ -19,7 +19,8 @@ HYDRA_HELP = """
 [cyan]+key=value[/cyan] (add), [cyan]~key[/cyan] (delete),
 [cyan]key=a,b[/cyan] or [cyan]key=range(1,4)[/cyan] with [cyan]-m[/cyan] (sweep).
 
-[bold]Config groups[/bold]: model (transformer), objective (mlm), data (pydocs, text, hf),
+[bold]Config groups[/bold]: model (transformer, convnet), objective (mlm, simclr),
+data (pydocs, text, hf, digits, images),
 trainer (default, finetune), optim (adamw), schedule (cosine, linear, constant), debug (smoke),
 experiment (your presets via --config-dir).
 
