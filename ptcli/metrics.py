@@ -11,6 +11,12 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     return cm
 
 
+def split_metrics(report: dict, split: str) -> dict[str, float]:
+    """The headline numbers of a report as run metrics: ``{"test/accuracy": ..., "test/macro_f1": ..., ...}``."""
+    short = "val" if split in ("validation", "val") else split
+    return {f"{short}/{k}": report[k] for k in ("accuracy", "macro_f1", "loss")}
+
+
 def classification_report(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> dict:
     """Accuracy, macro-F1 and per-class precision/recall/F1/support; rows of ``confusion`` = true class."""
     cm = confusion_matrix(y_true, y_pred, len(names))

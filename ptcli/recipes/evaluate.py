@@ -19,6 +19,7 @@ from ptcli.checkpoint import is_complete, load_into
 from ptcli.data.labels import LabelMap
 from ptcli.data.text import pack_blocks, tokenize_texts
 from ptcli.errors import UsageError
+from ptcli.metrics import split_metrics
 from ptcli.recipes.pretrain import is_image_run
 from ptcli.rundir import RunDir, atomic_write_text
 from ptcli.tokenizer import load_tokenizer, special_ids
@@ -108,9 +109,7 @@ def _evaluate_classifier(target: RunDir, tcfg: DictConfig, data_cfg: DictConfig,
     y = labels.encode(ds["label"], f"data.label_column [{split}]")
     seqs = tokenize_texts(ds, tok, int(tcfg.model.max_len), f"data {split} split")
     report = score(model, seqs, y, labels, special_ids(tok)["pad"], device)
-    short = "test" if split == "test" else "val"
-    metrics = {f"{short}/accuracy": report["accuracy"], f"{short}/macro_f1": report["macro_f1"],
-               f"{short}/loss": report["loss"]}
+    metrics = split_metrics(report, split)
     details = {"run": str(target.path), "checkpoint": str(ckpt), "split": split, "examples": len(seqs),
                "metrics": metrics, **report}
     return metrics, details
@@ -163,9 +162,7 @@ def _evaluate_image_classifier(target: RunDir, tcfg: DictConfig, data_cfg: DictC
         raise UsageError(f"the {split} images have no labels; evaluation needs labeled images.")
     y = torch.from_numpy(labels.encode([names[i] for i in y.tolist()], f"data [{split}] labels"))
     report = score_images(model, x, y, labels.names, device)
-    short = "test" if split == "test" else "val"
-    metrics = {f"{short}/accuracy": report["accuracy"], f"{short}/macro_f1": report["macro_f1"],
-               f"{short}/loss": report["loss"]}
+    metrics = split_metrics(report, split)
     details = {"run": str(target.path), "checkpoint": str(ckpt), "split": split, "examples": len(x),
                "metrics": metrics, **report}
     return metrics, details

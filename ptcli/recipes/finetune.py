@@ -21,7 +21,7 @@ from ptcli.checkpoint import is_complete, load_into, resume_checkpoint
 from ptcli.data.labels import LabelMap, stratified_subsample
 from ptcli.data.text import SeededBatches, pad_batch, tokenize_texts
 from ptcli.errors import UsageError
-from ptcli.metrics import classification_report
+from ptcli.metrics import classification_report, split_metrics
 from ptcli.models.classifier import SequenceClassifier
 from ptcli.recipes.pretrain import configure_torch, is_image_run
 from ptcli.rundir import RunDir, atomic_write_text
@@ -230,9 +230,7 @@ def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
     for split in ("validation", "test"):
         if split in seqs and len(seqs[split]):
             r = score(model, seqs[split], ys[split], labels, pad_id, device)
-            short = "val" if split == "validation" else "test"
-            metrics.update({f"{short}/accuracy": r["accuracy"], f"{short}/macro_f1": r["macro_f1"],
-                            f"{short}/loss": r["loss"]})
+            metrics.update(split_metrics(r, split))
             if split == "test":
                 atomic_write_text(run.path / "test_report.json", json.dumps(r, indent=2) + "\n")
     return metrics

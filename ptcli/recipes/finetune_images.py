@@ -15,7 +15,7 @@ from ptcli.checkpoint import load_into, resume_checkpoint
 from ptcli.data.labels import LabelMap, stratified_subsample
 from ptcli.data.text import SeededBatches
 from ptcli.errors import UsageError
-from ptcli.metrics import classification_report
+from ptcli.metrics import classification_report, split_metrics
 from ptcli.models.classifier import ImageClassifier
 from ptcli.recipes.simclr import load_image_data
 from ptcli.rundir import RunDir, atomic_write_text
@@ -94,11 +94,10 @@ def finetune_images(cfg: DictConfig, run: RunDir, source: RunDir | None, device:
         batches.load_state_dict(state["batches"])
     metrics = trainer.fit(batches, step_fn, eval_fn)
     load_into(model, run.checkpoints / "best")
-    for split, short in (("validation", "val"), ("test", "test")):
+    for split in ("validation", "test"):
         if len(splits[split][0]):
             r = score_images(model, *splits[split], labels.names, device)
-            metrics.update({f"{short}/accuracy": r["accuracy"], f"{short}/macro_f1": r["macro_f1"],
-                            f"{short}/loss": r["loss"]})
+            metrics.update(split_metrics(r, split))
             if split == "test":
                 atomic_write_text(run.path / "test_report.json", json.dumps(r, indent=2) + "\n")
     return metrics
