@@ -41,7 +41,14 @@ def save_checkpoint(root: Path, name: str, model: nn.Module, state: dict[str, An
     tmp = root / f".tmp-{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tensors, seen = {}, set()
+    for k, v in model.state_dict().items():
+        v = v.detach().to("cpu").contiguous()
+        # Tied weights (a transformers MLM decoder and its embedding) share storage, which safetensors
+        # refuses: the second name gets a copy, and loading ties nothing apart.
+        ptr = v.untyped_storage().data_ptr() if v.numel() else None
+        tensors[k] = v.clone() if ptr is not None and ptr in seen else v
+        seen.add(ptr)
     save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt", "producer": "ptcli"})
     if state is not None:
         torch.save(state, tmp / STATE)

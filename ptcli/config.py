@@ -155,6 +155,7 @@ class RunConfig:
     pretrained: str | None = None
     init: str = "pretrained"  # pretrained | random
     freeze_encoder: bool = False
+    pooling: str = "mean"  # finetune (text): mean | cls (the exportable transformers head)
     resume: str | None = None
     init_from: str | None = None
     # Extra metric loggers beside metrics.jsonl: tensorboard, mlflow, or a list of both.

@@ -1,26 +1,30 @@
-"""``ptcli export RUN --format hf``: a Hugging Face transformers directory for an MLM pretrain run.
+"""``ptcli export RUN --format hf``: a Hugging Face transformers directory for a text run.
 
 ptcli's encoder (pre-LN, rotary positions, GELU MLP, final LayerNorm, MLM head dense-GELU-LayerNorm with a
-tied decoder and bias) is exactly ESM-2's architecture, so the export is an ``EsmForMaskedLM`` with
-``token_dropout=False`` and ``emb_layer_norm_before=False``; ptcli's absent biases are exported as zeros.
-The tokenizer is written as a ``PreTrainedTokenizerFast`` (``tokenizer.json`` + config), so
-``AutoModelForMaskedLM`` and ``AutoTokenizer`` load the directory offline.
+tied decoder and bias) is exactly ESM-2's architecture, so an MLM pretrain run exports as
+``EsmForMaskedLM`` (``token_dropout=False``, ``emb_layer_norm_before=False``; ptcli's absent biases are
+zeros) and a fine-tune run with ``pooling=cls`` as ``EsmForSequenceClassification``, whose head (dense,
+tanh, linear on the first token) is ptcli's. Runs built on a transformers checkpoint (``init_from=hf:``,
+``pretrained=hf:``) export as their own architecture. The tokenizer is written as a
+``PreTrainedTokenizerFast``, so ``AutoModelFor*`` and ``AutoTokenizer`` load the directory offline.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ptcli.errors import UsageError
 
+HF_ENCODER = "ptcli.models.hf.HFEncoder"
+
 
 def esm_state_dict(weights: dict[str, torch.Tensor], template: dict[str, torch.Tensor],
                    layers: int) -> dict[str, torch.Tensor]:
-    """Map ptcli ``MaskedLM`` weights onto ``EsmForMaskedLM`` keys; anything ptcli lacks (biases) is zero.
-
-    Buffers of the template (the rotary ``inv_freq``) are kept as they are.
+    """Map ptcli weights (``MaskedLM`` or ``SequenceClassifier``) onto ESM keys; anything ptcli lacks
+    (biases) is zero. Buffers of the template (the rotary ``inv_freq``) are kept as they are.
     """
     # ESM's contact-prediction head has no ptcli counterpart and is unused by the MLM: zeros.
     out = {k: torch.zeros_like(v) if k.endswith("bias") or "contact_head" in k else v.clone()
@@ -52,55 +56,123 @@ def esm_state_dict(weights: dict[str, torch.Tensor], template: dict[str, torch.T
     out["esm.encoder.emb_layer_norm_after.weight"] = w["ln_f.weight"]
     if "ln_f.bias" in w:
         out["esm.encoder.emb_layer_norm_after.bias"] = w["ln_f.bias"]
-    out["lm_head.dense.weight"], out["lm_head.dense.bias"] = w["transform.0.weight"], w["transform.0.bias"]
-    out["lm_head.layer_norm.weight"], out["lm_head.layer_norm.bias"] = w["transform.2.weight"], w["transform.2.bias"]
-    out["lm_head.decoder.weight"] = w["tok_emb.weight"]
-    out["lm_head.bias"] = w["decoder_bias"]
-    unmapped = [k for k in template if k.endswith("weight") and out[k] is not None
-                and torch.equal(out[k], template[k]) and "contact_head" not in k]
+    if "lm_head.dense.weight" in template:
+        out["lm_head.dense.weight"], out["lm_head.dense.bias"] = w["transform.0.weight"], w["transform.0.bias"]
+        out["lm_head.layer_norm.weight"] = w["transform.2.weight"]
+        out["lm_head.layer_norm.bias"] = w["transform.2.bias"]
+        out["lm_head.decoder.weight"] = w["tok_emb.weight"]
+        out["lm_head.bias"] = w["decoder_bias"]
+    if "classifier.dense.weight" in template:
+        for src, dst in (("head.1", "classifier.dense"), ("head.4", "classifier.out_proj")):
+            out[f"{dst}.weight"], out[f"{dst}.bias"] = w[f"{src}.weight"], w[f"{src}.bias"]
+    unmapped = [k for k in template if k.endswith("weight") and torch.equal(out[k], template[k])
+                and "contact_head" not in k]
     if unmapped:
         raise RuntimeError(f"export: weights not mapped from the ptcli checkpoint: {unmapped[:5]}")
     return out
 
 
 def export_hf(run_dir: Path, out: Path) -> Path:
-    try:
-        from transformers import EsmConfig, EsmForMaskedLM, PreTrainedTokenizerFast
-    except ImportError as exc:
-        raise UsageError("export --format hf needs transformers: pip install 'ptcli[hf]'") from exc
     from ptcli.build import check_targets
     from ptcli.checkpoint import is_complete, load_weights
+    from ptcli.models.hf import _transformers
     from ptcli.recipes.pretrain import is_image_run
     from ptcli.rundir import RunDir
-    from ptcli.tokenizer import load_tokenizer, special_ids
 
     run = RunDir.load(run_dir)
     cfg = run.config()
     check_targets(cfg, str(run.path / "config.yaml"))
-    if run.manifest.get("command") != "pretrain" or is_image_run(cfg):
-        raise UsageError(f"{run.path}: export --format hf takes a text (MLM) pretrain run; this is a "
-                         f"{run.manifest.get('command')} run. Fine-tune runs are not exported yet: their mean-pooled "
-                         "head has no exact transformers counterpart.")
-    m = cfg.model
-    if m.get("position", "rotary") != "rotary":
-        raise UsageError("export --format hf supports model.position=rotary (the default) only.")
+    command = run.manifest.get("command")
+    if command not in ("pretrain", "finetune") or is_image_run(cfg):
+        raise UsageError(f"{run.path}: export --format hf takes a text pretrain (MLM) or fine-tune run; this is "
+                         f"{'an image' if is_image_run(cfg) else 'a'} {command} run.")
+    if command == "finetune" and cfg.get("pooling", "mean") != "cls":
+        raise UsageError(f"{run.path}: this fine-tune run mean-pools its tokens, which no transformers "
+                         "*ForSequenceClassification computes. Fine-tune with pooling=cls to export it, or export "
+                         "the pretrain run (ptcli embed gives mean-pooled embeddings of this one).")
     ckpt = next((run.checkpoints / n for n in ("best", "last") if is_complete(run.checkpoints / n)), None)
     if ckpt is None:
         raise UsageError(f"{run.path}: no complete checkpoint to export.")
+    weights = load_weights(ckpt)
+    transformers = _transformers()
+    if cfg.model._target_ == HF_ENCODER:
+        model, tok = _native(transformers, cfg, run, weights, command)
+    else:
+        model, tok = _esm(transformers, cfg, run, weights, command)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def _labels(run: Any) -> dict[str, Any]:
+    from ptcli.data.labels import LabelMap
+
+    names = LabelMap.load(run.path / "labels.json").names
+    return {"num_labels": len(names), "id2label": dict(enumerate(map(str, names))),
+            "label2id": {str(n): i for i, n in enumerate(names)}}
+
+
+def _esm(transformers: Any, cfg: Any, run: Any, weights: dict[str, torch.Tensor], command: str) -> tuple[Any, Any]:
+    from ptcli.tokenizer import load_tokenizer, special_ids
+
+    m = cfg.model
+    if m.get("position", "rotary") != "rotary":
+        raise UsageError("export --format hf supports model.position=rotary (the default) only.")
     tok = load_tokenizer(run.tokenizer_dir)
     ids = special_ids(tok)
-    config = EsmConfig(
+    config = transformers.EsmConfig(
         vocab_size=tok.get_vocab_size(), mask_token_id=ids["mask"], pad_token_id=ids["pad"], hidden_size=m.dim,
         num_hidden_layers=m.layers, num_attention_heads=m.heads, intermediate_size=m.ffn_dim,
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=m.max_len,
         layer_norm_eps=1e-5, position_embedding_type="rotary", emb_layer_norm_before=False, token_dropout=False,
-        tie_word_embeddings=True, rope_theta=10000.0,
+        tie_word_embeddings=True, rope_theta=10000.0, **(_labels(run) if command == "finetune" else {}),
     )
-    model = EsmForMaskedLM(config)
-    model.load_state_dict(esm_state_dict(load_weights(ckpt), model.state_dict(), m.layers))
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                     sep_token="[SEP]", mask_token="[MASK]", model_max_length=m.max_len)
-    hf_tok.save_pretrained(out)
-    return out
+    cls = transformers.EsmForSequenceClassification if command == "finetune" else transformers.EsmForMaskedLM
+    model = cls(config)
+    model.load_state_dict(esm_state_dict(weights, model.state_dict(), m.layers))
+    hf_tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]", model_max_length=m.max_len)
+    return model, hf_tok
+
+
+# Where ptcli's cls head (head.1: dense before tanh, head.4: output layer) lives in each family's classifier.
+NATIVE_CLS_HEAD = {"bert": ("bert.pooler.dense", "classifier"),
+                   "roberta": ("classifier.dense", "classifier.out_proj")}
+
+
+def _native(transformers: Any, cfg: Any, run: Any, weights: dict[str, torch.Tensor], command: str) -> tuple[Any, Any]:
+    """Runs on a transformers backbone: the checkpoint's own ``*ForMaskedLM`` / ``*ForSequenceClassification``."""
+    source = Path(cfg.model.path)
+    if command == "finetune" and cfg.pretrained and str(cfg.pretrained).startswith("hf:"):
+        source = Path(str(cfg.pretrained)[3:])  # fine-tuned straight from a transformers checkpoint
+    try:
+        config = transformers.AutoConfig.from_pretrained(source)
+        tok = transformers.AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{run.path}: cannot read the transformers config/tokenizer at {source} ({exc}).") from exc
+    if command == "finetune":
+        if config.model_type not in NATIVE_CLS_HEAD:
+            raise UsageError(f"export of a fine-tuned {config.model_type} run is not supported (bert, roberta are).")
+        for key, value in _labels(run).items():
+            setattr(config, key, value)
+        model = transformers.AutoModelForSequenceClassification.from_config(config)
+        dense, out_proj = NATIVE_CLS_HEAD[config.model_type]
+        rename = {"head.1.": f"{dense}.", "head.4.": f"{out_proj}."}
+    else:
+        model = transformers.AutoModelForMaskedLM.from_config(config)
+        heads = [n for n, _ in model.named_children() if n != model.base_model_prefix]
+        rename = {"head.": f"{heads[0]}."}
+    rename["encoder.model."] = f"{model.base_model_prefix}."
+    mapped = {}
+    for key, value in weights.items():
+        src = next(p for p in rename if key.startswith(p))
+        mapped[rename[src] + key[len(src):]] = value
+    result = model.load_state_dict(mapped, strict=False)
+    tied = {k for k in result.missing_keys if "decoder" in k or k.endswith("lm_head.bias")}
+    missing = [k for k in result.missing_keys if k not in tied]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"export: checkpoint does not fit {type(model).__name__}: missing {missing[:5]}, "
+                           f"unexpected {result.unexpected_keys[:5]}")
+    return model, tok

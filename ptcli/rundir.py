@@ -153,6 +153,16 @@ class RunDir:
         old = OmegaConf.to_container(run.config(), resolve=True)
         new = OmegaConf.to_container(cfg, resolve=True)
         changed = [k for k in _diff(old, new) if k not in RESUMABLE_CHANGES]
+        # Values the recipe derived at the start (the architecture of pretrained=/init_from=, the default
+        # fine-tuning lr) are not user changes: keep the run's.
+        from_elsewhere = bool(new.get("pretrained") or new.get("init_from"))
+        derived = [k for k in changed if (k.split(".")[0] == "model" and from_elsewhere)
+                   or (k == "optim.lr" and (new.get("optim") or {}).get("lr") is None)]
+        if any(k.split(".")[0] == "model" for k in derived):
+            cfg.model = old["model"]
+        if "optim.lr" in derived:
+            cfg.optim.lr = old["optim"]["lr"]
+        changed = [k for k in changed if k not in derived]
         if changed:
             shown = ", ".join(f"{k}: {_get(old, k)!r} -> {_get(new, k)!r}" for k in changed[:8])
             raise UsageError(f"resume={path}: the config differs from the run's ({shown}). Only trainer.max_steps "

@@ -61,8 +61,8 @@ def test_bad_pretrain_inputs(ptcli, tmp_path, case):
         r = ptcli(*base, "trainer.batch_size=0")
         _assert_usage_error(r, "trainer.batch_size", run_dir=run)
     elif case == "init_from":
-        r = ptcli(*base, "init_from=hf:bert-base-uncased")
-        _assert_usage_error(r, "init_from=hf:bert-base-uncased", "not implemented", run_dir=run)
+        r = ptcli(*base, "init_from=hf:bert-base-uncased")  # offline: a hub name cannot load
+        _assert_usage_error(r, "hf:bert-base-uncased", "Offline", run_dir=run)
     elif case == "strategy":
         r = ptcli(*base, "trainer.strategy=ddp")
         _assert_usage_error(r, "trainer.strategy=ddp", run_dir=run)

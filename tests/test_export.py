@@ -1,4 +1,5 @@
-"""Export to transformers: the exported EsmForMaskedLM reproduces ptcli's MLM logits."""
+"""Export to transformers: the exported EsmForMaskedLM reproduces ptcli's MLM logits, and a ``pooling=cls``
+fine-tune run exports as an EsmForSequenceClassification with the same class logits."""
 
 from __future__ import annotations
 
@@ -36,6 +37,52 @@ def test_export_matches_logits(ptcli, smoke_pretrain, tmp_path):
     real = mask.bool()  # padded positions are don't-cares in both
     assert theirs.shape == ours.shape
     assert torch.allclose(ours[real], theirs[real], atol=1e-4), (ours[real] - theirs[real]).abs().max()
+
+
+def finetune_logits(run_dir, exported) -> tuple[torch.Tensor, tuple[torch.Tensor, object]]:
+    """Class logits of ptcli's best checkpoint and of the exported model, on a padded batch."""
+    from ptcli.checkpoint import load_into
+    from ptcli.data.labels import LabelMap
+    from ptcli.data.text import pad_batch
+    from ptcli.recipes.finetune import build_classifier
+    from ptcli.rundir import RunDir
+    from ptcli.tokenizer import load_tokenizer, special_ids
+
+    run = RunDir.load(run_dir)
+    cfg = run.config()
+    tok = load_tokenizer(run.tokenizer_dir)
+    ids = special_ids(tok)
+    texts = ["Return the number of items in the container.", "Open the file and read every line of it, slowly."]
+    seqs = [[ids["cls"], *tok.encode(t, add_special_tokens=False).ids, ids["sep"]] for t in texts]
+    inputs, mask = pad_batch(seqs, ids["pad"])
+    assert (mask == 0).any()  # padding must not change the logits
+    model = build_classifier(cfg.model, tok.get_vocab_size(), len(LabelMap.load(run.path / "labels.json").names),
+                             cfg.pooling)
+    load_into(model, run.checkpoints / "best")
+    hf_model = transformers.AutoModelForSequenceClassification.from_pretrained(exported).eval()
+    transformers.AutoTokenizer.from_pretrained(exported)
+    with torch.no_grad():
+        return model.eval()(inputs, mask), (hf_model(input_ids=inputs, attention_mask=mask).logits, hf_model)
+
+
+def test_export_finetune_cls_run_matches_logits(ptcli, smoke_pretrain, tmp_path):
+    ft = tmp_path / "ft"
+    r = ptcli("finetune", f"pretrained={smoke_pretrain}", "pooling=cls", "debug=smoke", f"hydra.run.dir={ft}")
+    assert r.code == 0, r
+    out = tmp_path / "hf"
+    r = ptcli("export", str(ft), "--format", "hf", "--out", str(out))
+    assert r.code == 0, r
+    ours, (theirs, hf_model) = finetune_logits(ft, out)
+    assert type(hf_model).__name__ == "EsmForSequenceClassification"
+    names = (ft / "labels.json").read_text()
+    assert all(name in names for name in hf_model.config.id2label.values())
+    assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
+    # The default mean-pooled head has no transformers counterpart: refused, with the way out named.
+    mean = tmp_path / "ft-mean"
+    assert ptcli("finetune", f"pretrained={smoke_pretrain}", "debug=smoke", f"hydra.run.dir={mean}").code == 0
+    r = ptcli("export", str(mean), "--format", "hf", "--out", str(tmp_path / "x"))
+    assert r.code == 2 and "pooling=cls" in r.stderr, r
+    assert not (tmp_path / "x").exists()
 
 
 def test_export_refuses_finetune_and_image_runs(ptcli, tmp_path):

@@ -18,7 +18,12 @@ def _transformers():
     try:
         import transformers
     except ImportError as exc:
-        raise UsageError("pretrained=hf:... needs transformers: pip install 'ptcli[hf]'") from exc
+        raise UsageError("hf:... checkpoints need transformers: pip install 'ptcli[hf]'") from exc
+    from ptcli.launch import debug_enabled
+
+    if not debug_enabled():
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()  # load reports list the MLM head ptcli drops on purpose
     return transformers
 
 
@@ -35,20 +40,35 @@ def load_hf_tokenizer(path: str):
     return hf_tok.backend_tokenizer
 
 
+def load_hf_config(path: str):
+    try:
+        return _transformers().AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"hf:{path}: cannot load its config ({str(exc).splitlines()[0][:200]}). "
+                         "Offline, pass a local directory saved with save_pretrained.") from exc
+
+
+def _base_kwargs(config: Any) -> dict[str, Any]:
+    # BERT/RoBERTa build a [CLS] pooler that ptcli never uses (it pools itself): leave it out.
+    return {"add_pooling_layer": False} if config.model_type in ("bert", "roberta") else {}
+
+
 class HFEncoder(nn.Module):
     modality = "text"
 
-    def __init__(self, path: str, max_len: int = 128, random_init: bool = False, **_: Any) -> None:
+    def __init__(self, path: str, max_len: int = 128, random_init: bool = False, model: nn.Module | None = None,
+                 **_: Any) -> None:
         super().__init__()
         transformers = _transformers()
-        try:
-            config = transformers.AutoConfig.from_pretrained(path)
-            self.model = (transformers.AutoModel.from_config(config) if random_init
-                          else transformers.AutoModel.from_pretrained(path, add_pooling_layer=False)
-                          if config.model_type in ("bert", "roberta") else transformers.AutoModel.from_pretrained(path))
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"pretrained=hf:{path}: cannot load the model ({str(exc).splitlines()[0][:200]}). "
-                             "Offline, pass a local directory saved with save_pretrained.") from exc
+        config = load_hf_config(path) if model is None else model.config
+        if model is None:
+            try:
+                model = (transformers.AutoModel.from_config(config, **_base_kwargs(config)) if random_init
+                         else transformers.AutoModel.from_pretrained(path, **_base_kwargs(config)))
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"pretrained=hf:{path}: cannot load the model ({str(exc).splitlines()[0][:200]}). "
+                                 "Offline, pass a local directory saved with save_pretrained.") from exc
+        self.model = model
         self.dim = int(config.hidden_size)
         limit = int(getattr(config, "max_position_embeddings", max_len))
         self.max_len = min(max_len, limit - 2 if config.model_type == "roberta" else limit)
@@ -56,3 +76,25 @@ class HFEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def load_hf_masked_lm(path: str, random_init: bool = False) -> tuple[nn.Module, nn.Module, str]:
+    """``AutoModelForMaskedLM`` split into its backbone and its (single) MLM head module, with the head's name.
+
+    BERT (``cls``), RoBERTa and ESM (``lm_head``) have one head module; architectures whose head is spread
+    over several modules (DistilBERT, ELECTRA) are refused rather than half-loaded.
+    """
+    transformers = _transformers()
+    config = load_hf_config(path)
+    try:
+        mlm = (transformers.AutoModelForMaskedLM.from_config(config) if random_init
+               else transformers.AutoModelForMaskedLM.from_pretrained(path))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"init_from=hf:{path}: cannot load a masked-LM model ({str(exc).splitlines()[0][:200]}). "
+                         "Offline, pass a local directory saved with save_pretrained.") from exc
+    prefix = mlm.base_model_prefix
+    heads = [name for name, _ in mlm.named_children() if name != prefix]
+    if len(heads) != 1:
+        raise UsageError(f"init_from=hf:{path}: {config.model_type} splits its MLM head over {heads}; "
+                         "continued pre-training supports BERT-, RoBERTa- and ESM-family checkpoints.")
+    return getattr(mlm, prefix), getattr(mlm, heads[0]), heads[0]

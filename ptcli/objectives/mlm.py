@@ -48,11 +48,15 @@ def mask_tokens(
 
 
 class MaskedLM(nn.Module):
-    """Encoder + MLM head (dense, GELU, LayerNorm, decoder tied to the token embedding)."""
+    """Encoder + MLM head (dense, GELU, LayerNorm, decoder tied to the token embedding).
+
+    ``head`` replaces that head with an existing one mapping hidden states to vocabulary logits (the
+    pre-trained head of a transformers checkpoint, for continued pre-training).
+    """
 
     def __init__(self, encoder: nn.Module, special_ids: list[int], mask_id: int, word_start: torch.Tensor | None = None,
                  mask_rate: float = 0.15, mask_token_share: float = 0.8, random_token_share: float = 0.1,
-                 whole_word: bool = False) -> None:
+                 whole_word: bool = False, head: nn.Module | None = None) -> None:
         super().__init__()
         if not 0.0 < mask_rate < 1.0:
             raise UsageError(f"objective.mask_rate must be in (0, 1), got {mask_rate}")
@@ -61,8 +65,11 @@ class MaskedLM(nn.Module):
                              f"got {mask_token_share} and {random_token_share}")
         self.encoder = encoder
         dim, vocab = encoder.dim, encoder.vocab_size
-        self.transform = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim))
-        self.decoder_bias = nn.Parameter(torch.zeros(vocab))
+        if head is None:
+            self.transform = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim))
+            self.decoder_bias = nn.Parameter(torch.zeros(vocab))
+        else:
+            self.head = head
         self.mask_rate, self.mask_token_share, self.random_token_share = mask_rate, mask_token_share, random_token_share
         self.mask_id = mask_id
         special = torch.zeros(vocab, dtype=torch.bool)
@@ -82,8 +89,10 @@ class MaskedLM(nn.Module):
         """Loss summed over masked positions, with counts, so callers can average across batches exactly."""
         hidden = self.encoder(input_ids)
         where = labels != IGNORE
-        h = self.transform(hidden[where])
-        logits = F.linear(h, self.encoder.tok_emb.weight, self.decoder_bias)
+        if hasattr(self, "head"):
+            logits = self.head(hidden[where])
+        else:
+            logits = F.linear(self.transform(hidden[where]), self.encoder.tok_emb.weight, self.decoder_bias)
         target = labels[where]
         loss_sum = F.cross_entropy(logits.float(), target, reduction="sum")
         n = target.numel()

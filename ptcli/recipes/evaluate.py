@@ -96,7 +96,7 @@ def _evaluate_classifier(target: RunDir, tcfg: DictConfig, data_cfg: DictConfig,
 
     tok = load_tokenizer(target.tokenizer_dir)
     labels = LabelMap.load(target.path / "labels.json")
-    model = build_classifier(tcfg.model, tok.get_vocab_size(), len(labels.names))
+    model = build_classifier(tcfg.model, tok.get_vocab_size(), len(labels.names), tcfg.get("pooling", "mean"))
     ckpt = _checkpoint(target)
     load_into(model, ckpt)
     model.to(device).eval()

@@ -140,9 +140,10 @@ def score(model: SequenceClassifier, seqs: list[list[int]], y: np.ndarray, label
     return report
 
 
-def build_classifier(model_cfg: DictConfig, vocab_size: int, num_classes: int) -> SequenceClassifier:
+def build_classifier(model_cfg: DictConfig, vocab_size: int, num_classes: int,
+                     pooling: str = "mean") -> SequenceClassifier:
     encoder = instantiate(model_cfg, "model", vocab_size=vocab_size)
-    return SequenceClassifier(encoder, num_classes)
+    return SequenceClassifier(encoder, num_classes, pooling=pooling)
 
 
 def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
@@ -196,7 +197,7 @@ def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
     if "validation" not in seqs or len(seqs["validation"]) == 0:
         raise UsageError("no labeled validation examples; pass data.validation=FILE or more data.")
 
-    model = build_classifier(cfg.model, tok.get_vocab_size(), len(labels.names))
+    model = build_classifier(cfg.model, tok.get_vocab_size(), len(labels.names), cfg.pooling)
     prepare_encoder(model, cfg, run, source, device)
 
     optimizer = instantiate(cfg.optim, "optim", model=model)

@@ -17,7 +17,7 @@ from ptcli.checkpoint import load_into, resume_checkpoint
 from ptcli.data.text import BlockBatches, pack_blocks
 from ptcli.errors import UsageError
 from ptcli.objectives.mlm import MaskedLM, word_start_table
-from ptcli.rundir import RunDir
+from ptcli.rundir import RunDir, atomic_write_text
 from ptcli.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer, special_ids
 from ptcli.trainer import BestTracker, Trainer, check_trainer_config, pick_device, seed_everything
 
@@ -33,9 +33,16 @@ def configure_torch(cfg: DictConfig) -> None:
 
 def build_mlm(cfg: DictConfig, tok: Any) -> MaskedLM:
     ids = special_ids(tok)
-    encoder = instantiate(cfg.model, "model", vocab_size=tok.get_vocab_size())
+    head = None
+    if cfg.model._target_ == "ptcli.models.hf.HFEncoder":  # init_from=hf:...: the checkpoint's own MLM head
+        from ptcli.models.hf import HFEncoder, load_hf_masked_lm
+
+        backbone, head, _ = load_hf_masked_lm(cfg.model.path, random_init=cfg.model.random_init)
+        encoder = HFEncoder(cfg.model.path, cfg.model.max_len, model=backbone)
+    else:
+        encoder = instantiate(cfg.model, "model", vocab_size=tok.get_vocab_size())
     objective = instantiate(
-        cfg.objective, "objective", encoder=encoder, mask_id=ids["mask"],
+        cfg.objective, "objective", encoder=encoder, mask_id=ids["mask"], head=head,
         special_ids=[i for i in ids.values() if i is not None], word_start=word_start_table(tok),
     )
     if not isinstance(objective, MaskedLM):
@@ -69,9 +76,6 @@ def is_image_run(cfg: DictConfig) -> bool:
 
 def pretrain(cfg: DictConfig, run: RunDir) -> dict[str, float]:
     check_trainer_config(cfg.trainer)
-    if cfg.init_from:
-        raise UsageError(f"init_from={cfg.init_from}: continued pre-training from a transformers checkpoint is not "
-                         "implemented yet. Fine-tuning one works: ptcli finetune pretrained=hf:NAME_OR_DIR.")
     if cfg.pretrained:
         raise UsageError("pretrained= is a finetune option; to continue a pretrain run use resume=RUN_DIR.")
     configure_torch(cfg)
@@ -83,17 +87,23 @@ def pretrain(cfg: DictConfig, run: RunDir) -> dict[str, float]:
     device = pick_device(cfg.trainer.device)
     if cfg.objective is None or "mlm" not in str(cfg.objective.get("_target_", "")).lower():
         raise UsageError("ptcli pretrain on text needs objective=mlm.")
-    if cfg.data.block_size > cfg.model.max_len:
-        raise UsageError(f"data.block_size={cfg.data.block_size} exceeds model.max_len={cfg.model.max_len}; "
-                         "lower data.block_size or raise model.max_len.")
+
+    if cfg.init_from and not str(cfg.init_from).startswith("hf:"):
+        raise UsageError(f"init_from={cfg.init_from}: expected hf:NAME_OR_DIR (a transformers masked-LM "
+                         "checkpoint). To continue a ptcli pretrain run use resume=RUN_DIR.")
 
     # Data and tokenizer
     splits = instantiate(cfg.data, "data", seed=cfg.seed).load()
     if cfg.resume:
         tok = load_tokenizer(run.tokenizer_dir)
+    elif cfg.init_from:
+        tok = start_from_hf(cfg, run)
     else:
         tok = build_tokenizer(cfg.tokenizer, splits["train"])
         save_tokenizer(tok, run.tokenizer_dir)
+    if cfg.data.block_size > cfg.model.max_len:
+        raise UsageError(f"data.block_size={cfg.data.block_size} exceeds model.max_len={cfg.model.max_len}; "
+                         "lower data.block_size or raise model.max_len.")
     train_blocks = pack_blocks(splits["train"], tok, cfg.data.block_size, "data train split")
     val_blocks = pack_blocks(splits["validation"], tok, cfg.data.block_size, "data validation split")
     batches = BlockBatches(train_blocks, cfg.trainer.batch_size, cfg.seed)
@@ -124,6 +134,43 @@ def pretrain(cfg: DictConfig, run: RunDir) -> dict[str, float]:
         batches.load_state_dict(state["batches"])
         mask_gen.set_state(state["mask_rng"])
     return trainer.fit(batches, step_fn, eval_fn)
+
+
+HF_MODEL_DIR = "hf_model"
+
+
+def start_from_hf(cfg: DictConfig, run: RunDir) -> Any:
+    """``init_from=hf:NAME_OR_DIR``: continue MLM pre-training from a transformers checkpoint.
+
+    The checkpoint's config and tokenizer are copied into the run (``hf_model/``), and ``model`` is rewritten
+    to point there, so fine-tuning from this run, resuming it and exporting it need no hub access and do
+    not depend on the original directory. Weights come from the checkpoint now, from ptcli checkpoints later.
+    Returns the tokenizer.
+    """
+    from omegaconf import OmegaConf
+
+    from ptcli.models.hf import _transformers, load_hf_config, load_hf_tokenizer
+
+    spec = str(cfg.init_from)
+    if any(o.split("=", 1)[0].lstrip("+~").startswith("model") for o in run.manifest.get("overrides", [])):
+        raise UsageError(f"init_from={spec} fixes the architecture; drop the model override.")
+    path = spec[3:]
+    config = load_hf_config(path)
+    tok = load_hf_tokenizer(path)
+    local = run.path / HF_MODEL_DIR
+    config.save_pretrained(local)
+    _transformers().AutoTokenizer.from_pretrained(path).save_pretrained(local)
+    limit = int(getattr(config, "max_position_embeddings", 512)) - (2 if config.model_type == "roberta" else 0)
+    cfg.model = OmegaConf.create({"_target_": "ptcli.models.hf.HFEncoder", "path": str(local.resolve()),
+                                  "max_len": limit, "random_init": True, "source": path})
+    if cfg.data.block_size > limit:
+        raise UsageError(f"data.block_size={cfg.data.block_size} exceeds the {limit} positions of hf:{path}; "
+                         f"set data.block_size<={limit}.")
+    atomic_write_text(run.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    save_tokenizer(tok, run.tokenizer_dir)
+    # Built from the original checkpoint this time; from hf_model's config (+ ptcli weights) on resume.
+    cfg.model.path, cfg.model.random_init = path, False
+    return tok
 
 
 def total_steps(cfg: DictConfig, batches_per_epoch: int) -> int:
