@@ -33,8 +33,8 @@ def _fsync_dir(path: Path) -> None:
         pass
 
 
-def save_checkpoint(root: Path, name: str, model: nn.Module, state: dict[str, Any] | None = None,
-                    meta: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(root: Path, name: str, model: nn.Module | dict[str, torch.Tensor],
+                    state: dict[str, Any] | None = None, meta: dict[str, Any] | None = None) -> Path:
     from safetensors.torch import save_file
 
     root.mkdir(parents=True, exist_ok=True)
@@ -42,7 +42,7 @@ def save_checkpoint(root: Path, name: str, model: nn.Module, state: dict[str, An
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     tensors, seen = {}, set()
-    for k, v in model.state_dict().items():
+    for k, v in (model if isinstance(model, dict) else model.state_dict()).items():
         v = v.detach().to("cpu").contiguous()
         # Tied weights (a transformers MLM decoder and its embedding) share storage, which safetensors
         # refuses: the second name gets a copy, and loading ties nothing apart.

@@ -38,6 +38,11 @@ def launch(command: str, args: list[str], json_out: bool = False) -> int:
     _quiet_libraries()
     saved_argv, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     args = _resume_in_place(args)
+    try:
+        args = _join_torchrun(command, args)
+    except PtcliError as exc:
+        _report(exc)
+        return exc.exit_code
     sys.argv = [f"ptcli-{command}", *args]
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
@@ -59,6 +64,9 @@ def launch(command: str, args: list[str], json_out: bool = False) -> int:
         _report(UsageError(_explain_config_error(exc, command, args)), cause=exc)
         return 2
     finally:
+        from ptcli import distributed
+
+        distributed.shutdown()
         sys.argv = saved_argv
         if saved_env is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
@@ -94,6 +102,27 @@ def _summarize_sweep(results: list[dict], json_out: bool) -> None:
           file=sys.stderr)
     if json_out:
         print_json(summary)
+
+
+def _join_torchrun(command: str, args: list[str]) -> list[str]:
+    """Under torchrun, join the process group and make every rank use the one run directory rank 0 names
+    (no per-rank timestamps); only rank 0 keeps Hydra's log file."""
+    from ptcli import distributed
+
+    if not distributed.launched_by_torchrun():
+        return args
+    if any(a in ("-m", "--multirun") or a.startswith("hydra/launcher=") for a in args):
+        raise UsageError("sweeps (-m) are not run under torchrun; sweep with a Hydra launcher instead "
+                         "(README: Sweeps), each job of which may itself be a torchrun job.")
+    distributed.init_from_torchrun()
+    if not any(a.startswith("hydra.run.dir=") for a in args):
+        import time
+
+        stamp = distributed.broadcast_object(time.strftime("%Y-%m-%d_%H-%M-%S"))
+        args = [*args, f"hydra.run.dir=outputs/{command}/{stamp}"]
+    if not distributed.is_main():
+        args = [*args, "hydra.job_logging.root.handlers=[console]"]
+    return args
 
 
 def _resume_in_place(args: list[str]) -> list[str]:

@@ -90,14 +90,48 @@ def _get(d: Any, dotted: str) -> Any:
     return d
 
 
-class RunDir:
-    """One run's directory: its manifest, metrics log, config and checkpoints."""
+def adopt_derived(cfg: DictConfig, old: dict[str, Any], new: dict[str, Any], changed: list[str]) -> list[str]:
+    """On resume, values the recipe derived at the start (the architecture of ``pretrained=``/``init_from=``,
+    the default fine-tuning lr) are not user changes: put the run's back into ``cfg``; return those keys."""
+    from_elsewhere = bool(new.get("pretrained") or new.get("init_from"))
+    derived = [k for k in changed if (k.split(".")[0] == "model" and from_elsewhere)
+               or (k == "optim.lr" and (new.get("optim") or {}).get("lr") is None)]
+    if any(k.split(".")[0] == "model" for k in derived):
+        cfg.model = old["model"]
+    if "optim.lr" in derived:
+        cfg.optim.lr = old["optim"]["lr"]
+    return derived
 
-    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+
+class RunDir:
+    """One run's directory: its manifest, metrics log, config and checkpoints.
+
+    Under torchrun only rank 0 writes; the other ranks hold a read-only view (``RunDir.follow``) of the
+    same directory, so every write below is a no-op for them.
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any], writable: bool = True) -> None:
         self.path = path
         self.manifest = manifest
+        self.writable = writable
         self._started = time.time()
         self.loggers: list[Any] = []
+
+    @classmethod
+    def follow(cls, path: str | Path, cfg: DictConfig) -> RunDir:
+        """A non-zero rank's view of the run that rank 0 started or resumed (with the same config)."""
+        run = cls.load(path)
+        run.writable = False
+        if cfg.get("resume"):
+            old = OmegaConf.to_container(run.config(), resolve=True)
+            new = OmegaConf.to_container(cfg, resolve=True)
+            adopt_derived(cfg, old, new, _diff(old, new))
+        return run
+
+    def write_text(self, name: str, text: str) -> None:
+        """Write a file of the run (config.yaml, labels.json, ...) atomically, on rank 0 only."""
+        if self.writable:
+            atomic_write_text(self.path / name, text)
 
     @property
     def command(self) -> str:
@@ -153,15 +187,7 @@ class RunDir:
         old = OmegaConf.to_container(run.config(), resolve=True)
         new = OmegaConf.to_container(cfg, resolve=True)
         changed = [k for k in _diff(old, new) if k not in RESUMABLE_CHANGES]
-        # Values the recipe derived at the start (the architecture of pretrained=/init_from=, the default
-        # fine-tuning lr) are not user changes: keep the run's.
-        from_elsewhere = bool(new.get("pretrained") or new.get("init_from"))
-        derived = [k for k in changed if (k.split(".")[0] == "model" and from_elsewhere)
-                   or (k == "optim.lr" and (new.get("optim") or {}).get("lr") is None)]
-        if any(k.split(".")[0] == "model" for k in derived):
-            cfg.model = old["model"]
-        if "optim.lr" in derived:
-            cfg.optim.lr = old["optim"]["lr"]
+        derived = adopt_derived(cfg, old, new, changed)
         changed = [k for k in changed if k not in derived]
         if changed:
             shown = ", ".join(f"{k}: {_get(old, k)!r} -> {_get(new, k)!r}" for k in changed[:8])
@@ -181,7 +207,7 @@ class RunDir:
     def truncate_metrics(self, step: int) -> None:
         """Drop events logged after ``step`` (the resumed checkpoint): they will be logged again."""
         path = self.path / "metrics.jsonl"
-        if not path.is_file():
+        if not self.writable or not path.is_file():
             return
         keep = []
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -221,9 +247,13 @@ class RunDir:
         return cfg
 
     def save(self) -> None:
+        if not self.writable:
+            return
         atomic_write_text(self.path / "run.json", json.dumps(_clean(self.manifest), indent=2, sort_keys=False) + "\n")
 
     def log(self, step: int, split: str, **values: float) -> None:
+        if not self.writable:
+            return
         event = {"step": step, "split": split, **{k: _clean(v) for k, v in values.items()}}
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(event) + "\n")

@@ -47,7 +47,6 @@ def _run(command: str, cfg: DictConfig) -> float | None:
     from hydra.types import RunMode
 
     from ptcli.launch import _report, print_json
-    from ptcli.rundir import RunDir
 
     STATE.started = True
     hc = HydraConfig.get()
@@ -59,10 +58,7 @@ def _run(command: str, cfg: DictConfig) -> float | None:
             done = _rerun_sweep_job(out_dir, cfg)
             if done is not None:
                 return done
-        if cfg.get("resume"):
-            run = RunDir.resume(cfg.resume, cfg, command=command, overrides=overrides)
-        else:
-            run = RunDir.start(hc.runtime.output_dir, cfg, command=command, overrides=overrides)
+        run = _open_run(command, cfg, out_dir, overrides)
     except PtcliError as exc:
         STATE.results.append({"run_dir": None, "exit_code": exc.exit_code})
         _report(exc)
@@ -74,7 +70,8 @@ def _run(command: str, cfg: DictConfig) -> float | None:
     try:
         from ptcli.loggers import build_loggers
 
-        run.loggers = build_loggers(cfg.get("logger"), run.path, cfg, command)
+        if run.writable:
+            run.loggers = build_loggers(cfg.get("logger"), run.path, cfg, command)
         recipe = _recipe(command)
         metrics = recipe(cfg, run)
         run.finish("completed", metrics=metrics)
@@ -92,11 +89,35 @@ def _run(command: str, cfg: DictConfig) -> float | None:
         result["exit_code"] = 1
         _report(exc)
         return None
-    if STATE.json_out and not STATE.multirun:
+    if not run.writable:
+        pass  # rank > 0 under torchrun: rank 0 reports
+    elif STATE.json_out and not STATE.multirun:
         print_json(metrics)
     elif not STATE.json_out:
         _print_summary(run, metrics)
     return _key_metric(metrics)
+
+
+def _open_run(command: str, cfg: DictConfig, out_dir: Path, overrides: list[str]) -> Any:
+    """Start or resume the run; under torchrun rank 0 does it and the other ranks follow its directory."""
+    from ptcli import distributed
+    from ptcli.rundir import RunDir
+
+    if not distributed.is_main():
+        path = distributed.broadcast_object(None)
+        if path is None:
+            raise PtcliError("rank 0 could not open the run directory (its error is above)")
+        return RunDir.follow(path, cfg)
+    try:
+        if cfg.get("resume"):
+            run = RunDir.resume(cfg.resume, cfg, command=command, overrides=overrides)
+        else:
+            run = RunDir.start(out_dir, cfg, command=command, overrides=overrides)
+    except PtcliError:
+        distributed.broadcast_object(None)
+        raise
+    distributed.broadcast_object(str(run.path))
+    return run
 
 
 def _rerun_sweep_job(out_dir: Path, cfg: DictConfig) -> float | None:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ptcli import distributed as dist
 from ptcli.checkpoint import rotate_checkpoints, save_checkpoint
 from ptcli.errors import Interrupted, RunFailed, UsageError
 from ptcli.progress import Progress
@@ -34,7 +35,9 @@ def seed_everything(seed: int) -> None:
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():  # under torchrun: this process's GPU
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"trainer.device={name} but CUDA is not available here; use trainer.device=auto or cpu.")
     try:
@@ -78,9 +81,7 @@ def check_trainer_config(t: Any) -> None:
         raise UsageError("trainer.checkpoint_every must be >= 0 and trainer.keep_last >= 1")
     if t.precision not in ("fp32", "bf16"):
         raise UsageError(f"trainer.precision must be fp32 or bf16, got {t.precision!r}")
-    if t.strategy != "single":
-        raise UsageError(f"trainer.strategy={t.strategy}: only 'single' (one process, CPU or one GPU) is "
-                         "implemented so far; ddp/fsdp under torchrun are not available yet.")
+    dist.check_strategy(t.strategy, t.batch_size)
     if t.clip_grad is not None and t.clip_grad <= 0:
         raise UsageError(f"trainer.clip_grad must be positive or null, got {t.clip_grad}")
 
@@ -109,6 +110,7 @@ class Trainer:
         self.device, self.total_steps, self.best = device, total_steps, best
         self.tokens_per_batch = tokens_per_batch
         self.extra_state = extra_state or (lambda: {})
+        self.rank, self.world = dist.rank_world()
         # Test hook: slow each step down so tests can signal or kill a run mid-way.
         self._step_delay = float(os.environ.get("PTCLI_STEP_DELAY", "0") or 0)
         self.step = 0
@@ -125,11 +127,14 @@ class Trainer:
 
     # -- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """Resume state; a collective under torchrun (the optimizer may be sharded, RNGs are per rank)."""
+        ranks = dist.gather_objects({"rng": rng_state(), "loss": self.loss_acc.detach().cpu()})
         return {
             "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": dist.full_optimizer_state(self.model, self.optimizer),
             "scheduler": self.scheduler.state_dict(),
-            "rng": rng_state(),
+            "rng": ranks[0]["rng"],
+            **({"ranks": ranks} if self.world > 1 else {}),
             "best": {"metric": self.best.metric, "value": self.best.value},
             "log_acc": {"loss": self.loss_acc.detach().cpu(), "n": self.n_acc},
             **self.extra_state(),
@@ -137,33 +142,45 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        dist.load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
+        # Per rank: RNG streams and the share of the train loss accumulated since the last log line.
+        ranks = state.get("ranks") or [{"rng": state["rng"], "loss": state["log_acc"]["loss"]}]
+        if len(ranks) != self.world:
+            raise UsageError(f"the checkpoint was written by {len(ranks)} process(es); resume it with "
+                             f"{len(ranks)} (torchrun --nproc_per_node={len(ranks)}), not {self.world}.")
+        set_rng_state(ranks[self.rank]["rng"])
         self.best.value = state["best"]["value"]
-        self.loss_acc = state["log_acc"]["loss"].to(self.device)
+        self.loss_acc = ranks[self.rank]["loss"].to(self.device)
         self.n_acc = int(state["log_acc"]["n"])
 
-    def resume(self, path: Any, model_loader: Callable[[Any], None]) -> dict[str, Any]:
-        """Restore weights (via ``model_loader``) and trainer state from ``path``; return the raw state."""
-        from ptcli.checkpoint import load_state
+    def resume(self, path: Any) -> dict[str, Any]:
+        """Restore weights and trainer state from checkpoint ``path``; return the raw state."""
+        from ptcli.checkpoint import load_into, load_state, load_weights
 
         state = load_state(path)
-        model_loader(path)
+        if dist.is_sharded(self.model):
+            dist.load_full_model_state(self.model, load_weights(path))
+        else:
+            load_into(self.model, path)
         self.load_state_dict(state)
         self.run.truncate_metrics(self.step)
         self.run.manifest["checkpoints"]["last"] = {"path": "checkpoints/last", "step": self.step}
         return state
 
     def save(self, name: str) -> None:
+        """Write checkpoint ``name``; every rank takes part in gathering it, rank 0 alone writes it."""
         meta = {"step": self.step, self.best.metric: self.best.value}
-        path = save_checkpoint(self.run.checkpoints, name, self.model,
-                               state=self.state_dict() if name == "last" else None, meta=meta)
-        self.run.manifest["checkpoints"][name] = {"path": str(path.relative_to(self.run.path)), "step": self.step}
-        if name == "last" and self.cfg.keep_last > 1:
-            kept = rotate_checkpoints(self.run.checkpoints, path, self.step, self.cfg.keep_last)
-            self.run.manifest["checkpoints"]["history"] = kept
+        weights = dist.full_model_state(self.model)
+        state = self.state_dict() if name == "last" else None
+        self.run.manifest["checkpoints"][name] = {"path": f"checkpoints/{name}", "step": self.step}
+        if self.run.writable:
+            path = save_checkpoint(self.run.checkpoints, name, weights, state=state, meta=meta)
+            if name == "last" and self.cfg.keep_last > 1:
+                kept = rotate_checkpoints(self.run.checkpoints, path, self.step, self.cfg.keep_last)
+                self.run.manifest["checkpoints"]["history"] = kept
         self.run.update(step=self.step)
+        dist.barrier()  # no rank reads checkpoints/<name> before it is complete
 
     # -- signals -----------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -189,7 +206,8 @@ class Trainer:
     def fit(self, batches: Iterator[Any], step_fn: Callable[[Any], dict[str, torch.Tensor]],
             eval_fn: Callable[[], dict[str, float]]) -> dict[str, float]:
         cfg = self.cfg
-        progress = Progress(self.total_steps, cfg.progress, start=self.step, desc=self.run.command)
+        progress = Progress(self.total_steps, cfg.progress if self.run.writable else "none", start=self.step,
+                            desc=self.run.command)
         final: dict[str, float] = {}
         t_last = time.perf_counter()
         self.model.train()
@@ -199,11 +217,12 @@ class Trainer:
                     for _ in range(cfg.grad_accum):
                         batch = next(batches)
                         with self.autocast:
-                            out = step_fn(batch)
-                        (out["loss"] / cfg.grad_accum).backward()
-                        self.loss_acc += out["loss"].detach() / cfg.grad_accum
+                            loss = self._share(step_fn(batch))
+                        # DDP/FSDP average gradients over ranks; each rank's share sums to the global loss.
+                        (loss * self.world / cfg.grad_accum).backward()
+                        self.loss_acc += loss.detach() / cfg.grad_accum
                     if self.device.type == "cpu" or (self.step + 1) % cfg.log_every == 0:
-                        self._check_finite(self.loss_acc)
+                        self._check_finite(dist.all_reduce_sum(self.loss_acc))
                     if cfg.clip_grad:
                         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
                     self.optimizer.step()
@@ -219,7 +238,7 @@ class Trainer:
                         time.sleep(self._step_delay)
                     if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                         now = time.perf_counter()
-                        loss = self.loss_acc.item() / self.n_acc
+                        loss = dist.all_reduce_sum(self.loss_acc).item() / self.n_acc
                         values = {"loss": loss, "lr": self.scheduler.get_last_lr()[0]}
                         if self.tokens_per_batch:
                             values["tokens_per_s"] = (self.tokens_per_batch * cfg.grad_accum * self.n_acc
@@ -238,6 +257,10 @@ class Trainer:
                             break
                     elif cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                         self.save("last")
+                    if self.world > 1:  # a signal seen by any rank stops all of them at the same step
+                        seen = dist.all_reduce_sum(torch.tensor(float(self._signal or 0)))
+                        if seen.item() and self._signal is None:
+                            self._signal = signal.SIGTERM
                     if self._signal is not None:
                         self.save("last")
                         name = signal.Signals(self._signal).name
@@ -248,6 +271,17 @@ class Trainer:
         if self.best.value is not None:
             final[f"best/{self.best.metric}"] = self.best.value
         return final
+
+    def _share(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """This rank's share of the global batch's mean loss. Token-level losses (``loss_sum`` over
+        ``count`` targets) are divided by the count over all ranks, so the sum over ranks is exactly the
+        loss one process would compute on the whole global batch."""
+        if self.world == 1:
+            return out["loss"]
+        if "count" in out:
+            count = dist.all_reduce_sum(torch.as_tensor(out["count"], dtype=torch.float32, device=self.device))
+            return out["loss_sum"] / count.clamp(min=1)
+        return out["loss"] / self.world
 
     def _check_finite(self, loss_acc: torch.Tensor) -> None:
         if not torch.isfinite(loss_acc).item():

@@ -35,11 +35,14 @@ class Result:
 def ptcli(cache_dir):
     """Run ``python -m ptcli ARGS`` (the real entry point) and return exit code and output."""
 
-    def run(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300) -> Result:
+    def run(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300,
+            nproc: int | None = None) -> Result:
         full_env = {**os.environ, **OFFLINE, "PTCLI_CACHE": str(cache_dir / "ptcli"),
                     "HF_DATASETS_CACHE": str(cache_dir / "hf"), **(env or {})}
         full_env.pop("PTCLI_DEBUG", None)
-        proc = subprocess.run([sys.executable, "-m", "ptcli", *args], capture_output=True, text=True,
+        # nproc: under torchrun (the real launcher; --standalone picks a free rendezvous port)
+        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc else []
+        proc = subprocess.run([sys.executable, *launcher, "-m", "ptcli", *args], capture_output=True, text=True,
                               cwd=cwd, env=full_env, timeout=timeout)
         return Result(proc)
 

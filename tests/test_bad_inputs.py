@@ -65,7 +65,7 @@ def test_bad_pretrain_inputs(ptcli, tmp_path, case):
         _assert_usage_error(r, "hf:bert-base-uncased", "Offline", run_dir=run)
     elif case == "strategy":
         r = ptcli(*base, "trainer.strategy=ddp")
-        _assert_usage_error(r, "trainer.strategy=ddp", run_dir=run)
+        _assert_usage_error(r, "trainer.strategy=ddp", "torchrun", run_dir=run)
     elif case == "missing_train_key":
         r = ptcli(*base, "data=text")
         _assert_usage_error(r, "data.train", run_dir=run)

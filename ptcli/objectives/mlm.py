@@ -97,7 +97,7 @@ class MaskedLM(nn.Module):
         loss_sum = F.cross_entropy(logits.float(), target, reduction="sum")
         n = target.numel()
         correct = (logits.argmax(-1) == target).sum()
-        return {"loss": loss_sum / max(n, 1), "loss_sum": loss_sum.detach(), "correct": correct, "count": n}
+        return {"loss": loss_sum / max(n, 1), "loss_sum": loss_sum, "correct": correct, "count": n}
 
 
 def word_start_table(tok) -> torch.Tensor | None:

@@ -21,7 +21,7 @@ from ptcli.data.text import pack_blocks, tokenize_texts
 from ptcli.errors import UsageError
 from ptcli.metrics import split_metrics
 from ptcli.recipes.pretrain import is_image_run
-from ptcli.rundir import RunDir, atomic_write_text
+from ptcli.rundir import RunDir
 from ptcli.tokenizer import load_tokenizer, special_ids
 from ptcli.trainer import pick_device, seed_everything
 
@@ -66,7 +66,7 @@ def evaluate(cfg: DictConfig, run: RunDir) -> dict[str, float]:
         metrics, details = _evaluate_classifier(target, target_cfg, data_cfg, device, cfg.seed)
     else:
         raise UsageError(f"{target.path} is a '{command}' run; evaluate takes a pretrain or finetune run.")
-    atomic_write_text(run.path / "evaluation.json", json.dumps(details, indent=2) + "\n")
+    run.write_text("evaluation.json", json.dumps(details, indent=2) + "\n")
     _print_table(metrics, details)
     return metrics
 

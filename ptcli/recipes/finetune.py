@@ -16,15 +16,16 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from ptcli import distributed as dist
 from ptcli.build import check_targets, instantiate
-from ptcli.checkpoint import is_complete, load_into, resume_checkpoint
+from ptcli.checkpoint import is_complete, load_into, load_weights, resume_checkpoint
 from ptcli.data.labels import LabelMap, stratified_subsample
 from ptcli.data.text import SeededBatches, pad_batch, tokenize_texts
 from ptcli.errors import UsageError
 from ptcli.metrics import classification_report, split_metrics
 from ptcli.models.classifier import SequenceClassifier
 from ptcli.recipes.pretrain import configure_torch, is_image_run
-from ptcli.rundir import RunDir, atomic_write_text
+from ptcli.rundir import RunDir
 from ptcli.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer, special_ids
 from ptcli.trainer import BestTracker, Trainer, check_trainer_config, pick_device, seed_everything
 
@@ -108,13 +109,13 @@ def load_labeled_splits(cfg: DictConfig, run: RunDir) -> tuple[dict[str, Any], L
     splits = {name: ds.filter(lambda b: [v is not None for v in b["label"]], batched=True)
               for name, ds in splits.items() if "label" in ds.column_names}
     labels = LabelMap.fit(splits["train"]["label"], where)
-    labels.save(run.path / "labels.json")
+    if run.writable:
+        labels.save(run.path / "labels.json")
     if cfg.data.labels_per_class is not None:
         y = labels.encode(splits["train"]["label"], f"{where} [train]")
         keep = stratified_subsample(y, int(cfg.data.labels_per_class), cfg.seed)
         splits["train"] = splits["train"].select(keep.tolist())
-        atomic_write_text(run.path / "subsample.json",
-                          json.dumps({"labels_per_class": cfg.data.labels_per_class, "seed": cfg.seed,
+        run.write_text("subsample.json", json.dumps({"labels_per_class": cfg.data.labels_per_class, "seed": cfg.seed,
                                       "train_indices": keep.tolist()}) + "\n")
     return splits, labels
 
@@ -166,7 +167,7 @@ def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
         raise UsageError("freeze_encoder=true without pretrained=RUN_DIR would train a head on random features.")
     if cfg.optim.lr is None:  # the encoder's default: measured best head start at 16 (text) / 5 (images) labels
         cfg.optim.lr = FINETUNE_LR["image" if is_image_run(cfg) else "text"]
-    atomic_write_text(run.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))  # the real architecture
+    run.write_text("config.yaml", OmegaConf.to_yaml(cfg, resolve=True))  # the real architecture
     if is_image_run(cfg):
         from ptcli.recipes.finetune_images import finetune_images
 
@@ -177,7 +178,7 @@ def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
             for key, value in src_cfg.data.items():
                 cfg.data[key] = value
             cfg.data.labels_per_class = budget
-            atomic_write_text(run.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            run.write_text("config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         return finetune_images(cfg, run, source, device)
     if hf_path:
         from ptcli.models.hf import load_hf_tokenizer
@@ -188,7 +189,8 @@ def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
     splits, labels = load_labeled_splits(cfg, run)
     if source is None and not hf_path:
         tok = build_tokenizer(cfg.tokenizer, splits["train"])
-    save_tokenizer(tok, run.tokenizer_dir)
+    if run.writable:
+        save_tokenizer(tok, run.tokenizer_dir)
 
     max_len = int(cfg.model.max_len)
     pad_id = special_ids(tok)["pad"]
@@ -199,6 +201,7 @@ def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
 
     model = build_classifier(cfg.model, tok.get_vocab_size(), len(labels.names), cfg.pooling)
     prepare_encoder(model, cfg, run, source, device)
+    net = dist.parallelize(model, cfg.trainer.strategy, device)
 
     optimizer = instantiate(cfg.optim, "optim", model=model)
     total = int(cfg.trainer.max_steps or cfg.trainer.max_epochs * max(1, len(seqs["train"]) // cfg.trainer.batch_size))
@@ -208,10 +211,10 @@ def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
                      "test_examples": len(seqs.get("test", [])), "classes": len(labels.names)})
 
     def step_fn(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-        ids, mask, y = (t.to(device, non_blocking=True) for t in batch)
+        ids, mask, y = (t.to(device, non_blocking=True) for t in dist.shard_rows(batch))
         if cfg.freeze_encoder:
             model.encoder.eval()  # a linear probe: no dropout noise in frozen features
-        return {"loss": F.cross_entropy(model(ids, mask).float(), y)}
+        return {"loss": F.cross_entropy(net(ids, mask).float(), y)}
 
     def eval_fn() -> dict[str, float]:
         r = score(model, seqs["validation"], ys["validation"], labels, pad_id, device)
@@ -221,17 +224,17 @@ def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
                       BestTracker("val/accuracy", "max"),
                       extra_state=lambda: {"batches": batches.state_dict()})
     if cfg.resume:
-        state = trainer.resume(resume_checkpoint(run), lambda path: load_into(model, path))
+        state = trainer.resume(resume_checkpoint(run))
         batches.load_state_dict(state["batches"])
     metrics = trainer.fit(batches, step_fn, eval_fn)
 
     # Final scores come from the best checkpoint, on validation and (when present) test.
-    load_into(model, run.checkpoints / "best")
+    dist.load_full_model_state(model, load_weights(run.checkpoints / "best"))
     model.eval()
     for split in ("validation", "test"):
         if split in seqs and len(seqs[split]):
             r = score(model, seqs[split], ys[split], labels, pad_id, device)
             metrics.update(split_metrics(r, split))
             if split == "test":
-                atomic_write_text(run.path / "test_report.json", json.dumps(r, indent=2) + "\n")
+                run.write_text("test_report.json", json.dumps(r, indent=2) + "\n")
     return metrics

@@ -10,15 +10,16 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from ptcli import distributed as dist
 from ptcli.build import instantiate
-from ptcli.checkpoint import load_into, resume_checkpoint
+from ptcli.checkpoint import load_weights, resume_checkpoint
 from ptcli.data.labels import LabelMap, stratified_subsample
 from ptcli.data.text import SeededBatches
 from ptcli.errors import UsageError
 from ptcli.metrics import classification_report, split_metrics
 from ptcli.models.classifier import ImageClassifier
 from ptcli.recipes.simclr import load_image_data
-from ptcli.rundir import RunDir, atomic_write_text
+from ptcli.rundir import RunDir
 from ptcli.trainer import BestTracker, Trainer
 
 
@@ -52,13 +53,13 @@ def labeled_image_splits(cfg: DictConfig, run: RunDir) -> tuple[dict[str, tuple[
         raise UsageError(f"data.path={cfg.data.get('path')}: the images have no labels (a flat folder, or an .npz "
                          "without y). Fine-tuning needs one sub-folder per class or an .npz with y.")
     labels = LabelMap(names)
-    labels.save(run.path / "labels.json")
+    if run.writable:
+        labels.save(run.path / "labels.json")
     if cfg.data.labels_per_class is not None:
         keep = stratified_subsample(splits["train"][1].numpy(), int(cfg.data.labels_per_class), cfg.seed)
         x, y = splits["train"]
         splits["train"] = (x[torch.from_numpy(keep)], y[torch.from_numpy(keep)])
-        atomic_write_text(run.path / "subsample.json",
-                          json.dumps({"labels_per_class": cfg.data.labels_per_class, "seed": cfg.seed,
+        run.write_text("subsample.json", json.dumps({"labels_per_class": cfg.data.labels_per_class, "seed": cfg.seed,
                                       "train_indices": keep.tolist()}) + "\n")
     return splits, labels
 
@@ -69,6 +70,7 @@ def finetune_images(cfg: DictConfig, run: RunDir, source: RunDir | None, device:
     splits, labels = labeled_image_splits(cfg, run)
     model = build_image_classifier(cfg.model, len(labels.names))
     prepare_encoder(model, cfg, run, source, device)
+    net = dist.parallelize(model, cfg.trainer.strategy, device)
     optimizer = instantiate(cfg.optim, "optim", model=model)
     batches = LabeledImageBatches(*splits["train"], cfg.trainer.batch_size, cfg.seed)
     total = int(cfg.trainer.max_steps or cfg.trainer.max_epochs * batches.batches_per_epoch)
@@ -77,10 +79,10 @@ def finetune_images(cfg: DictConfig, run: RunDir, source: RunDir | None, device:
                      "test_examples": len(splits["test"][0]), "classes": len(labels.names)})
 
     def step_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x, y = (t.to(device, non_blocking=True) for t in batch)
+        x, y = (t.to(device, non_blocking=True) for t in dist.shard_rows(batch))
         if cfg.freeze_encoder:
             model.encoder.eval()  # a linear probe: frozen BatchNorm statistics too
-        return {"loss": F.cross_entropy(model(x).float(), y)}
+        return {"loss": F.cross_entropy(net(x).float(), y)}
 
     def eval_fn() -> dict[str, float]:
         r = score_images(model, *splits["validation"], labels.names, device)
@@ -90,14 +92,14 @@ def finetune_images(cfg: DictConfig, run: RunDir, source: RunDir | None, device:
     trainer = Trainer(model, optimizer, scheduler, run, cfg.trainer, device, total,
                       BestTracker("val/accuracy", "max"), extra_state=lambda: {"batches": batches.state_dict()})
     if cfg.resume:
-        state = trainer.resume(resume_checkpoint(run), lambda path: load_into(model, path))
+        state = trainer.resume(resume_checkpoint(run))
         batches.load_state_dict(state["batches"])
     metrics = trainer.fit(batches, step_fn, eval_fn)
-    load_into(model, run.checkpoints / "best")
+    dist.load_full_model_state(model, load_weights(run.checkpoints / "best"))
     for split in ("validation", "test"):
         if len(splits[split][0]):
             r = score_images(model, *splits[split], labels.names, device)
             metrics.update(split_metrics(r, split))
             if split == "test":
-                atomic_write_text(run.path / "test_report.json", json.dumps(r, indent=2) + "\n")
+                run.write_text("test_report.json", json.dumps(r, indent=2) + "\n")
     return metrics

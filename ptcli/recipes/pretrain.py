@@ -12,12 +12,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from ptcli import distributed as dist
 from ptcli.build import instantiate
-from ptcli.checkpoint import load_into, resume_checkpoint
+from ptcli.checkpoint import resume_checkpoint
 from ptcli.data.text import BlockBatches, pack_blocks
 from ptcli.errors import UsageError
 from ptcli.objectives.mlm import MaskedLM, word_start_table
-from ptcli.rundir import RunDir, atomic_write_text
+from ptcli.rundir import RunDir
 from ptcli.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer, special_ids
 from ptcli.trainer import BestTracker, Trainer, check_trainer_config, pick_device, seed_everything
 
@@ -92,7 +93,8 @@ def pretrain(cfg: DictConfig, run: RunDir) -> dict[str, float]:
         raise UsageError(f"init_from={cfg.init_from}: expected hf:NAME_OR_DIR (a transformers masked-LM "
                          "checkpoint). To continue a ptcli pretrain run use resume=RUN_DIR.")
 
-    # Data and tokenizer
+    # Data and tokenizer (rank 0 first: it fills the caches the other ranks then read)
+    dist.main_goes_first()
     splits = instantiate(cfg.data, "data", seed=cfg.seed).load()
     if cfg.resume:
         tok = load_tokenizer(run.tokenizer_dir)
@@ -100,7 +102,8 @@ def pretrain(cfg: DictConfig, run: RunDir) -> dict[str, float]:
         tok = start_from_hf(cfg, run)
     else:
         tok = build_tokenizer(cfg.tokenizer, splits["train"])
-        save_tokenizer(tok, run.tokenizer_dir)
+        if run.writable:
+            save_tokenizer(tok, run.tokenizer_dir)
     if cfg.data.block_size > cfg.model.max_len:
         raise UsageError(f"data.block_size={cfg.data.block_size} exceeds model.max_len={cfg.model.max_len}; "
                          "lower data.block_size or raise model.max_len.")
@@ -108,8 +111,11 @@ def pretrain(cfg: DictConfig, run: RunDir) -> dict[str, float]:
     val_blocks = pack_blocks(splits["validation"], tok, cfg.data.block_size, "data validation split")
     batches = BlockBatches(train_blocks, cfg.trainer.batch_size, cfg.seed)
 
+    dist.main_done()
+
     # Model, objective, optimizer
     model = build_mlm(cfg, tok).to(device)
+    net = dist.parallelize(model, cfg.trainer.strategy, device)
     optimizer = instantiate(cfg.optim, "optim", model=model)
     total = total_steps(cfg, batches.batches_per_epoch)
     scheduler = instantiate(cfg.schedule, "schedule", optimizer=optimizer, total_steps=total)
@@ -120,8 +126,10 @@ def pretrain(cfg: DictConfig, run: RunDir) -> dict[str, float]:
     mask_gen = torch.Generator().manual_seed(cfg.seed + 1)
 
     def step_fn(block: torch.Tensor) -> dict[str, torch.Tensor]:
-        inputs, labels = model.mask(block, generator=mask_gen)
-        return model(inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True))
+        inputs, labels = model.mask(block, generator=mask_gen)  # on the global batch, as one process would
+        if not getattr(batches, "per_rank", False):
+            inputs, labels = dist.shard_rows((inputs, labels))
+        return net(inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True))
 
     def eval_fn() -> dict[str, float]:
         return evaluate_mlm(model, val_blocks, cfg.trainer.batch_size, device, cfg.trainer.eval_batches)
@@ -130,7 +138,7 @@ def pretrain(cfg: DictConfig, run: RunDir) -> dict[str, float]:
                       tokens_per_batch=cfg.trainer.batch_size * cfg.data.block_size,
                       extra_state=lambda: {"batches": batches.state_dict(), "mask_rng": mask_gen.get_state()})
     if cfg.resume:
-        state = trainer.resume(resume_checkpoint(run), lambda path: load_into(model, path))
+        state = trainer.resume(resume_checkpoint(run))
         batches.load_state_dict(state["batches"])
         mask_gen.set_state(state["mask_rng"])
     return trainer.fit(batches, step_fn, eval_fn)
@@ -158,16 +166,18 @@ def start_from_hf(cfg: DictConfig, run: RunDir) -> Any:
     config = load_hf_config(path)
     tok = load_hf_tokenizer(path)
     local = run.path / HF_MODEL_DIR
-    config.save_pretrained(local)
-    _transformers().AutoTokenizer.from_pretrained(path).save_pretrained(local)
+    if run.writable:
+        config.save_pretrained(local)
+        _transformers().AutoTokenizer.from_pretrained(path).save_pretrained(local)
     limit = int(getattr(config, "max_position_embeddings", 512)) - (2 if config.model_type == "roberta" else 0)
     cfg.model = OmegaConf.create({"_target_": "ptcli.models.hf.HFEncoder", "path": str(local.resolve()),
                                   "max_len": limit, "random_init": True, "source": path})
     if cfg.data.block_size > limit:
         raise UsageError(f"data.block_size={cfg.data.block_size} exceeds the {limit} positions of hf:{path}; "
                          f"set data.block_size<={limit}.")
-    atomic_write_text(run.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    save_tokenizer(tok, run.tokenizer_dir)
+    run.write_text("config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if run.writable:
+        save_tokenizer(tok, run.tokenizer_dir)
     # Built from the original checkpoint this time; from hf_model's config (+ ptcli weights) on resume.
     cfg.model.path, cfg.model.random_init = path, False
     return tok

@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from ptcli.build import instantiate
-from ptcli.checkpoint import load_into, resume_checkpoint
+from ptcli.checkpoint import resume_checkpoint
 from ptcli.data.text import SeededBatches
 from ptcli.errors import UsageError
 from ptcli.objectives.simclr import SimCLR
@@ -75,6 +75,11 @@ def build_simclr(cfg: DictConfig) -> SimCLR:
 
 
 def pretrain_simclr(cfg: DictConfig, run: RunDir) -> dict[str, float]:
+    if cfg.trainer.strategy != "single":
+        # Sharding the batch would shrink each rank's set of negatives; exact DDP SimCLR needs the
+        # embeddings all-gathered across ranks, which is not built yet.
+        raise UsageError(f"trainer.strategy={cfg.trainer.strategy} is not supported for SimCLR pre-training yet; "
+                         "use trainer.strategy=single (one process, CPU or one GPU).")
     seed_everything(cfg.seed)
     device = pick_device(cfg.trainer.device)
     splits, names = load_image_data(cfg, cfg.seed)
@@ -118,7 +123,7 @@ def pretrain_simclr(cfg: DictConfig, run: RunDir) -> dict[str, float]:
     trainer = Trainer(model, optimizer, scheduler, run, cfg.trainer, device, total, best,
                       extra_state=lambda: {"batches": batches.state_dict(), "aug_rng": aug_gen.get_state()})
     if cfg.resume:
-        state = trainer.resume(resume_checkpoint(run), lambda path: load_into(model, path))
+        state = trainer.resume(resume_checkpoint(run))
         batches.load_state_dict(state["batches"])
         aug_gen.set_state(state["aug_rng"])
     metrics = trainer.fit(batches, step_fn, eval_fn)
