@@ -133,7 +133,8 @@ class TrainerConfig:
     patience: int | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 (autocast)
-    strategy: str = "single"  # single | ddp | fsdp
+    strategy: str = "single"  # single | ddp | fsdp (under torchrun)
+    compile: bool = False  # torch.compile the training forward/backward
     num_threads: int | None = None
     progress: str = "auto"  # auto | bar | log | none
 

@@ -97,6 +97,13 @@ def check_strategy(strategy: str, batch_size: int) -> None:
                          f"{world} processes; use a multiple of {world}.")
 
 
+def to_device(t: Any, device: Any) -> Any:
+    """Host batch -> device: through pinned memory with a non-blocking copy on CUDA, as is on CPU."""
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def shard_rows(batch: Any) -> Any:
     """This rank's contiguous share of the rows of a global batch (a tensor or a tuple of tensors).
 
@@ -112,10 +119,18 @@ def shard_rows(batch: Any) -> Any:
     return batch[rank * per : (rank + 1) * per]
 
 
-def parallelize(model: Any, strategy: str, device: Any) -> Any:
+def parallelize(model: Any, strategy: str, device: Any, compile: bool = False) -> Any:
     """The module to run forward/backward through: ``DistributedDataParallel`` for ddp; for fsdp the model
     itself, sharded in place with FSDP2 ``fully_shard`` (each transformer block, then the root), which must
-    happen before the optimizer is built. ``model`` stays the handle for evaluation and checkpoints."""
+    happen before the optimizer is built; ``torch.compile``d when asked. ``model`` stays the handle for
+    evaluation and checkpoints."""
+    import torch
+
+    net = _wrap(model, strategy, device)
+    return torch.compile(net) if compile else net
+
+
+def _wrap(model: Any, strategy: str, device: Any) -> Any:
     import torch
 
     if strategy != "single":

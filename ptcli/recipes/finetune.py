@@ -201,7 +201,7 @@ def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
 
     model = build_classifier(cfg.model, tok.get_vocab_size(), len(labels.names), cfg.pooling)
     prepare_encoder(model, cfg, run, source, device)
-    net = dist.parallelize(model, cfg.trainer.strategy, device)
+    net = dist.parallelize(model, cfg.trainer.strategy, device, cfg.trainer.compile)
 
     optimizer = instantiate(cfg.optim, "optim", model=model)
     total = int(cfg.trainer.max_steps or cfg.trainer.max_epochs * max(1, len(seqs["train"]) // cfg.trainer.batch_size))
@@ -211,7 +211,7 @@ def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
                      "test_examples": len(seqs.get("test", [])), "classes": len(labels.names)})
 
     def step_fn(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-        ids, mask, y = (t.to(device, non_blocking=True) for t in dist.shard_rows(batch))
+        ids, mask, y = (dist.to_device(t, device) for t in dist.shard_rows(batch))
         if cfg.freeze_encoder:
             model.encoder.eval()  # a linear probe: no dropout noise in frozen features
         return {"loss": F.cross_entropy(net(ids, mask).float(), y)}

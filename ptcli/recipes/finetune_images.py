@@ -70,7 +70,7 @@ def finetune_images(cfg: DictConfig, run: RunDir, source: RunDir | None, device:
     splits, labels = labeled_image_splits(cfg, run)
     model = build_image_classifier(cfg.model, len(labels.names))
     prepare_encoder(model, cfg, run, source, device)
-    net = dist.parallelize(model, cfg.trainer.strategy, device)
+    net = dist.parallelize(model, cfg.trainer.strategy, device, cfg.trainer.compile)
     optimizer = instantiate(cfg.optim, "optim", model=model)
     batches = LabeledImageBatches(*splits["train"], cfg.trainer.batch_size, cfg.seed)
     total = int(cfg.trainer.max_steps or cfg.trainer.max_epochs * batches.batches_per_epoch)
@@ -79,7 +79,7 @@ def finetune_images(cfg: DictConfig, run: RunDir, source: RunDir | None, device:
                      "test_examples": len(splits["test"][0]), "classes": len(labels.names)})
 
     def step_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x, y = (t.to(device, non_blocking=True) for t in dist.shard_rows(batch))
+        x, y = (dist.to_device(t, device) for t in dist.shard_rows(batch))
         if cfg.freeze_encoder:
             model.encoder.eval()  # a linear probe: frozen BatchNorm statistics too
         return {"loss": F.cross_entropy(net(x).float(), y)}

@@ -115,7 +115,7 @@ def pretrain(cfg: DictConfig, run: RunDir) -> dict[str, float]:
 
     # Model, objective, optimizer
     model = build_mlm(cfg, tok).to(device)
-    net = dist.parallelize(model, cfg.trainer.strategy, device)
+    net = dist.parallelize(model, cfg.trainer.strategy, device, cfg.trainer.compile)
     optimizer = instantiate(cfg.optim, "optim", model=model)
     total = total_steps(cfg, batches.batches_per_epoch)
     scheduler = instantiate(cfg.schedule, "schedule", optimizer=optimizer, total_steps=total)
@@ -129,7 +129,7 @@ def pretrain(cfg: DictConfig, run: RunDir) -> dict[str, float]:
         inputs, labels = model.mask(block, generator=mask_gen)  # on the global batch, as one process would
         if not getattr(batches, "per_rank", False):
             inputs, labels = dist.shard_rows((inputs, labels))
-        return net(inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True))
+        return net(dist.to_device(inputs, device), dist.to_device(labels, device))
 
     def eval_fn() -> dict[str, float]:
         return evaluate_mlm(model, val_blocks, cfg.trainer.batch_size, device, cfg.trainer.eval_batches)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from ptcli import distributed as dist
 from ptcli.build import instantiate
 from ptcli.checkpoint import resume_checkpoint
 from ptcli.data.text import SeededBatches
@@ -88,6 +89,7 @@ def pretrain_simclr(cfg: DictConfig, run: RunDir) -> dict[str, float]:
                          f"{splits['train'][0].shape[1]} channels; set data.channels or model.in_channels.")
     labeled = splits["train"][1] is not None and splits["validation"][1] is not None
     model = build_simclr(cfg).to(device)
+    net = dist.parallelize(model, "single", device, cfg.trainer.compile)
     optimizer = instantiate(cfg.optim, "optim", model=model)
     batches = ImageBatches(splits["train"][0], cfg.trainer.batch_size, cfg.seed)
     total = int(cfg.trainer.max_steps or cfg.trainer.max_epochs * batches.batches_per_epoch)
@@ -107,7 +109,7 @@ def pretrain_simclr(cfg: DictConfig, run: RunDir) -> dict[str, float]:
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
 
     def step_fn(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return model(x.to(device, non_blocking=True), generator=aug_gen)
+        return net(dist.to_device(x, device), generator=aug_gen)
 
     def eval_fn() -> dict[str, float]:
         g = torch.Generator(device=device).manual_seed(AUG_EVAL_SEED)
