@@ -89,10 +89,12 @@ class PtcliRunner:
         self.tmp = tempfile.mkdtemp(prefix="bench-ptcli-")
         cfg = OmegaConf.create({"seed": 0})
         run = RunDir.start(Path(self.tmp) / "run", cfg, "pretrain", [])
-        tcfg = OmegaConf.create({"precision": "fp32", "grad_accum": 1, "batch_size": BATCH, "log_every": 1,
-                                 "eval_every": 10**9, "clip_grad": 1.0, "checkpoint_every": 0, "progress": "none",
-                                 "max_steps": 1, "max_epochs": None, "keep_last": 1, "patience": None,
-                                 "eval_batches": None})
+        from ptcli.config import TrainerConfig
+
+        tcfg = OmegaConf.merge(OmegaConf.structured(TrainerConfig), {
+            "precision": "fp32", "grad_accum": 1, "batch_size": BATCH, "log_every": 1, "eval_every": 10**9,
+            "clip_grad": 1.0, "checkpoint_every": 0, "progress": "none", "max_steps": 1, "max_epochs": None,
+            "keep_last": 1, "patience": None, "eval_batches": None})
         self.trainer = Trainer(self.model, opt, sched, run, tcfg, torch.device("cpu"), 0,
                                BestTracker("val/loss", "min"), tokens_per_batch=BATCH * SEQ)
         self.batches = BlockBatches(blocks, BATCH, 0)
