@@ -295,6 +295,9 @@ class Trainer:
         self.model.eval()
         with torch.no_grad(), self.autocast:
             metrics = eval_fn()
+        # Every rank evaluates; rank 0's numbers decide best/patience everywhere, so the ranks cannot
+        # disagree (GPU kernels need not be bitwise deterministic) and then wait on different collectives.
+        metrics = dist.broadcast_object(metrics)
         self.model.train()
         self.run.log(self.step, "val", **metrics)
         progress.message(f"[val] step {self.step}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
