@@ -59,6 +59,17 @@ class DataConfig:
     # Keep at most this many training examples (quick experiments and CI); null = all.
     max_train_examples: int | None = None
     block_size: int = 128
+    # data=text / data=hf, ptcli pretrain: stream the training corpus (read -> tokenize -> pack on the fly,
+    # sharded by rank and data.num_workers, resumable) instead of loading it; memory stays flat. Needs
+    # trainer.max_steps. See ptcli/data/streaming.py.
+    streaming: bool = False
+    # Streaming: blocks shuffled together (seeded, per chunk of this many blocks); 1 = corpus order.
+    shuffle_buffer: int = 10000
+    # Streaming: validation blocks kept in memory (from the validation split, or held out from train:
+    # every round(1/val_fraction)-th document until there are this many blocks).
+    val_blocks: int = 512
+    # Streaming: data-loader worker processes that read and tokenize (0 = in the training process).
+    num_workers: int = 0
     # data=images: a folder (class sub-folders or flat) or an .npz file; images resized to size x size
     path: str | None = None
     size: int = 32
@@ -93,6 +104,9 @@ class TokenizerConfig:
     min_frequency: int = 2
     # An existing tokenizer.json (or a directory holding one) instead of training.
     path: str | None = None
+    # Train on at most this many training documents (the first ones); null = all (with
+    # data.streaming=true: the first 100,000).
+    train_examples: int | None = None
 
 
 @dataclass

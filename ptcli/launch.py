@@ -57,8 +57,11 @@ def launch(command: str, args: list[str], json_out: bool = False) -> int:
     except SystemExit as exc:  # argparse inside Hydra (bad flag) exits 2 already
         return exc.code if isinstance(exc.code, int) else 2
     except Exception as exc:
-        if tasks.STATE.started:
+        from ptcli.sweeps import jobs_started
+
+        if tasks.STATE.started or jobs_started():  # (jobs of joblib/submitit run in other processes)
             _report(exc)
+            _finish_sweep(json_out)
             return 1
         # Anything Hydra raised before our task started is a config or usage error.
         _report(UsageError(_explain_config_error(exc, command, args)), cause=exc)
@@ -72,34 +75,80 @@ def launch(command: str, args: list[str], json_out: bool = False) -> int:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = saved_env
-    if tasks.STATE.multirun:
-        _summarize_sweep(tasks.STATE.results, json_out)
-    return tasks.STATE.exit_code()
+    return _finish_sweep(json_out)
 
 
-def _summarize_sweep(results: list[dict], json_out: bool) -> None:
-    """Write ``summary.json`` beside the sweep's jobs and print one line per job."""
+def _finish_sweep(json_out: bool) -> int:
+    """Summarize a sweep, if this was one, and return the exit code. Jobs run in this process (the basic
+    launcher) report to ``tasks.STATE``; jobs of the joblib/submitit launchers ran in other processes, so
+    their outcomes are read from the run directories of the sweep (``ptcli/sweeps.py``)."""
+    from ptcli import tasks
+    from ptcli.sweeps import SWEEP, results_from_dirs
+
+    state = tasks.STATE
+    if SWEEP.dir is not None and not state.results:
+        state.multirun = True
+        state.results = results_from_dirs(SWEEP.dir)
+    if state.multirun:
+        _summarize_sweep(state.results, json_out, SWEEP.dir)
+    return state.exit_code()
+
+
+def _summarize_sweep(results: list[dict], json_out: bool, sweep_dir: Path | None = None) -> None:
+    """Write ``summary.json`` beside the sweep's jobs and print one line per job, and the best job: the
+    Optuna sweeper's best trial, or else the best value of the jobs' key metric (``tasks._key_metric``)."""
     from ptcli.rundir import atomic_write_text
+    from ptcli.sweeps import SWEEP, monitored_metric, natural_direction, optimization_results
 
     results = [r for r in results if r.get("run_dir")]
     if not results:
         return
-    sweep_dir = Path(os.path.commonpath([r["run_dir"] for r in results]))
-    if len(results) == 1:
-        sweep_dir = Path(results[0]["run_dir"]).parent
+    if sweep_dir is None:
+        sweep_dir = Path(os.path.commonpath([r["run_dir"] for r in results]))
+        if len(results) == 1:
+            sweep_dir = Path(results[0]["run_dir"]).parent
     jobs = []
     for r in results:
-        manifest = json.loads((Path(r["run_dir"]) / "run.json").read_text())
+        try:
+            manifest = json.loads((Path(r["run_dir"]) / "run.json").read_text())
+        except (OSError, ValueError):
+            manifest = {"status": "failed", "overrides": [], "error": "the job wrote no readable run.json "
+                        "(its process ended before ptcli started the run; see the job's log)"}
+        metrics = manifest.get("metrics") or {}
+        metric = monitored_metric(metrics)
         jobs.append({"dir": os.path.relpath(r["run_dir"], sweep_dir), "status": manifest["status"],
                      "exit_code": r["exit_code"], "overrides": manifest["overrides"],
-                     "metrics": manifest.get("metrics", {}), "error": manifest.get("error")})
+                     "metrics": metrics, "error": manifest.get("error"),
+                     "metric": metric, "value": metrics.get(metric) if metric else None})
     summary = {"sweep_dir": str(sweep_dir), "jobs": jobs,
                "failed": sum(j["status"] != "completed" for j in jobs), "total": len(jobs)}
+    done = [j for j in jobs if j["status"] == "completed" and j["value"] is not None]
+    optuna = optimization_results(sweep_dir) if SWEEP.dir is not None else None
+    if optuna and "best_value" in optuna:
+        best_job = min(done, key=lambda j: abs(j["value"] - optuna["best_value"]), default=None)
+        summary["best"] = {"value": optuna["best_value"], "params": optuna.get("best_params", {}),
+                           "direction": SWEEP.direction, "metric": best_job and best_job["metric"],
+                           "dir": best_job and best_job["dir"]}
+    elif done and len({j["metric"] for j in done}) == 1:
+        direction = natural_direction(done[0]["metric"])
+        best_job = (min if direction == "minimize" else max)(done, key=lambda j: j["value"])
+        summary["best"] = {"value": best_job["value"], "params": {}, "direction": direction,
+                           "metric": best_job["metric"], "dir": best_job["dir"]}
     atomic_write_text(sweep_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     for j in jobs:
         print(f"ptcli: job {j['dir']}: {j['status']}  {' '.join(j['overrides'])}", file=sys.stderr)
+        if j["status"] != "completed" and j["error"]:  # (a job in another process logged it elsewhere)
+            print(f"ptcli:   error: {str(j['error']).splitlines()[0]}", file=sys.stderr)
     print(f"ptcli: sweep {sweep_dir}: {summary['total'] - summary['failed']}/{summary['total']} completed",
           file=sys.stderr)
+    best = summary.get("best")
+    if best and best["metric"]:
+        params = " ".join(f"{k}={v}" for k, v in best["params"].items())
+        print(f"ptcli: best job {best['dir']}: {best['metric']}={best['value']:.6g} ({best['direction']})"
+              f"{'  ' + params if params else ''}", file=sys.stderr)
+        if best["direction"] and best["direction"] != natural_direction(best["metric"]):
+            print(f"ptcli: warning: the sweeper's direction is {best['direction']}, but {best['metric']} "
+                  f"should be {natural_direction(best['metric'])}d: set hydra.sweeper.direction", file=sys.stderr)
     if json_out:
         print_json(summary)
 

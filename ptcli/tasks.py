@@ -158,10 +158,13 @@ def _recipe(command: str):
 
 
 def _key_metric(metrics: dict[str, float]) -> float | None:
-    for key in ("val/accuracy", "val/mlm_acc", "val/knn_acc", "test/accuracy", "val/loss"):
-        if key in metrics:
-            return float(metrics[key])
-    return None
+    """What a task returns to Hydra, so sweepers (Optuna) can optimize it: the run's monitored metric, the
+    one that chose ``checkpoints/best`` (pretrain ``best/val/loss``: minimize; finetune ``best/val/accuracy``:
+    maximize; ``ptcli.sweeps.monitored_metric``)."""
+    from ptcli.sweeps import monitored_metric
+
+    key = monitored_metric(metrics)
+    return float(metrics[key]) if key else None
 
 
 def _print_summary(run: Any, metrics: dict[str, float]) -> None:

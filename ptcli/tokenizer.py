@@ -73,13 +73,20 @@ def load_tokenizer(path: str | Path):
 
 
 def build_tokenizer(cfg: Any, train_split: Any):
-    """Load ``cfg.path`` or train on ``train_split['text']`` (cached by data fingerprint + settings)."""
+    """Load ``cfg.path`` or train on ``train_split['text']`` (its first ``cfg.train_examples`` rows when set;
+    cached by data fingerprint + settings)."""
     from ptcli.data.cache import cache_root
 
     if cfg.path:
         return load_tokenizer(cfg.path)
     if cfg.vocab_size < len(SPECIAL_TOKENS) + 1:
         raise UsageError(f"tokenizer.vocab_size must be larger than {len(SPECIAL_TOKENS)}, got {cfg.vocab_size}")
+    limit = cfg.get("train_examples")
+    if limit is not None:
+        if int(limit) <= 0:
+            raise UsageError(f"tokenizer.train_examples must be positive (or null = all), got {limit}")
+        if len(train_split) > int(limit):
+            train_split = train_split.select(range(int(limit)))
     key = f"v1|{train_split._fingerprint}|{cfg.kind}|{cfg.vocab_size}|{cfg.lowercase}|{cfg.min_frequency}"
     cached = cache_root() / "tokenizers" / (hashlib.sha256(key.encode()).hexdigest()[:20] + ".json")
     if cached.is_file():

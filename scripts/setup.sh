@@ -8,4 +8,4 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 # constraints.txt pins torch to the CPU build: without it pip would pull a multi-GB CUDA build.
-.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev,hf,loggers,bench]"
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev,hf,loggers,bench,sweep]"

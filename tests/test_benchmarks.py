@@ -36,6 +36,11 @@ def test_bench_tokenize(cache_dir):
     assert "encode_batch" in out and "tokens/s" in out
 
 
+def test_bench_streaming_tiny(cache_dir):
+    out = run_script("bench_streaming.py", "--tiny", "--no-contrast", cache_dir=cache_dir)
+    assert "pretrain streaming big" in out and "stream whole file" in out and "peak RSS MB" in out
+
+
 def test_gpu_check_dry_run_on_cpu(cache_dir):
     out = run_script("gpu_check.py", "--device", "cpu", "--size", "tiny", "--steps", "20", cache_dir=cache_dir)
     assert "tokens/s" in out and "MFU" in out

@@ -12,6 +12,8 @@ from typing import Any
 
 from ptcli.errors import UsageError
 
+_NO_STREAMING = ("data.streaming=true is supported only by `ptcli pretrain` with data=text or data=hf (this run: "
+                 "{}). Drop data.streaming=true (small corpora load into memory anyway), or use data=text / data=hf.")
 FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
 
 
@@ -29,12 +31,26 @@ class DataSource:
     def describe(self) -> str:
         return type(self).__name__
 
+    # Sources that can be read as a stream (``data.streaming=true``, see ptcli/data/streaming.py).
+    streamable = False
+
+    def check_not_streaming(self) -> None:
+        """Loading a whole split into memory: refuse ``data.streaming=true`` with a clear message."""
+        if self.options.get("streaming"):
+            raise UsageError(_NO_STREAMING.format(self.describe()))
+
+    def stream(self, split: str, check: bool = False) -> Any:
+        """``split`` as a ``datasets.IterableDataset`` with a ``text`` column (None if the source lacks it);
+        ``check``: read its first row now, so bad input fails before training."""
+        raise UsageError(_NO_STREAMING.format(self.describe()))
+
     def _load(self):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def load(self):
         import datasets
 
+        self.check_not_streaming()
         dd = self._load()
         if "train" not in dd or len(dd["train"]) == 0:
             raise UsageError(f"{self.describe()}: the training split is empty. Point data.train at a file with rows.")
@@ -79,12 +95,31 @@ class Pydocs(DataSource):
 class TextFiles(DataSource):
     """The user's files: ``data.train`` / ``data.validation`` / ``data.test``."""
 
+    streamable = True
+
     def describe(self) -> str:
         return f"data.train={self.options.get('train')}"
 
     def _load(self):
         import datasets
 
+        dd = {}
+        for split, p in self._files().items():
+            dd[split] = self._read(split, p)
+        return datasets.DatasetDict(dd)
+
+    def stream(self, split: str, check: bool = False) -> Any:
+        import datasets
+
+        p = self._files().get(split)
+        if p is None:
+            return None
+        kwargs: dict[str, Any] = {"sep": "\t"} if p.suffix.lower() == ".tsv" else {}
+        ds = datasets.load_dataset(FORMATS[p.suffix.lower()], data_files={"data": str(p)}, split="data",
+                                   streaming=True, **kwargs)
+        return _stream_text_column(ds, self.text_column, f"data.{split}='{p}'", check)
+
+    def _files(self) -> dict[str, Path]:
         files = {}
         for split in ("train", "validation", "test"):
             path = self.options.get(split)
@@ -100,10 +135,7 @@ class TextFiles(DataSource):
             files[split] = p
         if "train" not in files:
             raise UsageError("data.train is required with data=text: data.train=path/to/file.csv")
-        dd = {}
-        for split, p in files.items():
-            dd[split] = self._read(split, p)
-        return datasets.DatasetDict(dd)
+        return files
 
     def _read(self, split: str, p: Path):
         import datasets
@@ -126,10 +158,31 @@ class TextFiles(DataSource):
 class HubDataset(DataSource):
     """A ``datasets`` dataset by hub name, a local dataset directory, or a ``save_to_disk`` folder."""
 
+    streamable = True
+
     def describe(self) -> str:
         return f"data.name={self.options.get('name')}"
 
-    def _load(self):
+    def stream(self, split: str, check: bool = False) -> Any:
+        """Hub and local data-file datasets stream through ``load_dataset(..., streaming=True)``; a
+        ``save_to_disk`` folder is memory-mapped and iterated (``to_iterable_dataset``)."""
+        import datasets
+
+        dd = self._open(streaming=True)
+        if isinstance(dd, (datasets.Dataset, datasets.IterableDataset)):
+            dd = {"train": dd}
+        if split == "validation" and "validation" not in dd and "valid" in dd:
+            split = "valid"
+        if split == "train" and "train" not in dd:
+            raise UsageError(f"data.name={self.options.get('name')}: no 'train' split; splits are {sorted(dd)}.")
+        ds = dd.get(split)
+        if ds is None:
+            return None
+        if isinstance(ds, datasets.Dataset):
+            ds = ds.to_iterable_dataset()
+        return _stream_text_column(ds, self.text_column, f"data.name={self.options.get('name')} [{split}]", check)
+
+    def _open(self, streaming: bool = False):
         import datasets
 
         name = str(self.options.get("name"))
@@ -137,14 +190,19 @@ class HubDataset(DataSource):
         local = Path(name).expanduser()
         try:
             if (local / "dataset_dict.json").is_file() or (local / "dataset_info.json").is_file():
-                dd = datasets.load_from_disk(str(local))
-            else:
-                dd = datasets.load_dataset(str(local) if local.is_dir() else name, config)
+                return datasets.load_from_disk(str(local))
+            return datasets.load_dataset(str(local) if local.is_dir() else name, config, streaming=streaming)
         except Exception as exc:
             hint = ("You are offline (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE set or no network): download it "
                     "once online, or pass a local dataset directory as data.name=PATH.")
             raise UsageError(f"data.name: cannot load dataset '{name}'"
                              f"{f' (config {config})' if config else ''}: {str(exc).strip()[:300]}. {hint}") from exc
+
+    def _load(self):
+        import datasets
+
+        name = str(self.options.get("name"))
+        dd = self._open()
         if isinstance(dd, datasets.Dataset):
             dd = datasets.DatasetDict({"train": dd})
         if "validation" not in dd and "valid" in dd:
@@ -155,6 +213,24 @@ class HubDataset(DataSource):
             {s: _select_columns(dd[s], self.text_column, self.label_column, f"data.name={name} [{s}]")
              for s in ("train", "validation", "test") if s in dd}
         )
+
+
+def _stream_text_column(ds, text_column: str, where: str, check: bool):
+    """Keep only the text column of a streamed split, named ``text``. ``check``: read the first row now
+    (columns of csv/json streams are unknown until read) and turn bad input into a ``UsageError``."""
+    if check:
+        try:
+            first = next(iter(ds.take(1)), None)
+        except Exception as exc:
+            raise UsageError(f"{where}: cannot read it: {type(exc).__name__}: {str(exc).strip()[:400]}") from exc
+        if first is None:
+            raise UsageError(f"{where}: no rows.")
+        if text_column not in first:
+            raise UsageError(f"{where}: no text column '{text_column}'. Columns are: {', '.join(first)}. "
+                             f"Set data.text_column=<one of them>.")
+    if text_column != "text":
+        ds = ds.rename_column(text_column, "text")
+    return ds.select_columns(["text"])
 
 
 def _select_columns(ds, text_column: str, label_column: str, where: str):
@@ -191,6 +267,7 @@ class Digits(ImageSource):
     def load_images(self):
         from ptcli.data.images import load_digits_splits
 
+        self.check_not_streaming()
         splits = load_digits_splits(self.seed)
         return _limit(splits, self.max_train_examples, self.seed), [str(d) for d in range(10)]
 
@@ -210,6 +287,7 @@ class ImageFiles(ImageSource):
 
         from ptcli.data.images import load_image_folder
 
+        self.check_not_streaming()
         path = self.options.get("path")
         if not path:
             raise UsageError("data.path is required with data=images: a folder of images or an .npz file.")

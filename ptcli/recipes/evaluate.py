@@ -79,9 +79,14 @@ def _evaluate_mlm(target: RunDir, tcfg: DictConfig, data_cfg: DictConfig, device
     ckpt = _checkpoint(target)
     load_into(model, ckpt)
     model.to(device).eval()
-    splits = instantiate(data_cfg, "data", seed=seed).load()
-    split = _eval_split(splits)
-    blocks = pack_blocks(splits[split], tok, int(tcfg.data.block_size), f"data {split} split")
+    if data_cfg.get("streaming"):  # bounded: at most data.val_blocks blocks of the test or validation split
+        from ptcli.data.streaming import streaming_eval_blocks
+
+        split, blocks = streaming_eval_blocks(data_cfg, seed, tok, int(tcfg.data.block_size))
+    else:
+        splits = instantiate(data_cfg, "data", seed=seed).load()
+        split = _eval_split(splits)
+        blocks = pack_blocks(splits[split], tok, int(tcfg.data.block_size), f"data {split} split")
     m = evaluate_mlm(model, blocks, int(tcfg.trainer.batch_size), device)
     short = "test" if split == "test" else "val"
     metrics = {f"{short}/{k}": v for k, v in m.items()}

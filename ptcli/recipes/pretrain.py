@@ -95,7 +95,15 @@ def pretrain(cfg: DictConfig, run: RunDir) -> dict[str, float]:
 
     # Data and tokenizer (rank 0 first: it fills the caches the other ranks then read)
     dist.main_goes_first()
-    splits = instantiate(cfg.data, "data", seed=cfg.seed).load()
+    stream = None
+    if cfg.data.get("streaming"):  # read -> tokenize -> pack on the fly (ptcli/data/streaming.py)
+        from ptcli.data.streaming import open_streaming
+
+        stream = open_streaming(cfg)
+        trains_tokenizer = not (cfg.resume or cfg.init_from or cfg.tokenizer.path)  # on a bounded sample
+        splits = {"train": stream.tokenizer_sample(cfg.tokenizer.get("train_examples")) if trains_tokenizer else None}
+    else:
+        splits = instantiate(cfg.data, "data", seed=cfg.seed).load()
     if cfg.resume:
         tok = load_tokenizer(run.tokenizer_dir)
     elif cfg.init_from:
@@ -107,9 +115,16 @@ def pretrain(cfg: DictConfig, run: RunDir) -> dict[str, float]:
     if cfg.data.block_size > cfg.model.max_len:
         raise UsageError(f"data.block_size={cfg.data.block_size} exceeds model.max_len={cfg.model.max_len}; "
                          "lower data.block_size or raise model.max_len.")
-    train_blocks = pack_blocks(splits["train"], tok, cfg.data.block_size, "data train split")
-    val_blocks = pack_blocks(splits["validation"], tok, cfg.data.block_size, "data validation split")
-    batches = BlockBatches(train_blocks, cfg.trainer.batch_size, cfg.seed)
+    if stream is not None:
+        from ptcli.data.streaming import streaming_batches
+
+        train_blocks = None  # streamed: never materialized
+        val_blocks = stream.validation_blocks(tok)
+        batches = streaming_batches(cfg, stream, tok)
+    else:
+        train_blocks = pack_blocks(splits["train"], tok, cfg.data.block_size, "data train split")
+        val_blocks = pack_blocks(splits["validation"], tok, cfg.data.block_size, "data validation split")
+        batches = BlockBatches(train_blocks, cfg.trainer.batch_size, cfg.seed)
 
     dist.main_done()
 
@@ -119,7 +134,8 @@ def pretrain(cfg: DictConfig, run: RunDir) -> dict[str, float]:
     optimizer = instantiate(cfg.optim, "optim", model=model)
     total = total_steps(cfg, batches.batches_per_epoch)
     scheduler = instantiate(cfg.schedule, "schedule", optimizer=optimizer, total_steps=total)
-    run.update(data={"train_blocks": len(train_blocks), "val_blocks": len(val_blocks),
+    run.update(data={"train_blocks": len(train_blocks) if train_blocks is not None else None,
+                     "val_blocks": len(val_blocks),
                      "vocab_size": tok.get_vocab_size(), "parameters": sum(p.numel() for p in model.parameters())})
 
     # Train: masks are redrawn every batch from a dedicated, checkpointed generator.

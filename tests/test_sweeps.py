@@ -1,0 +1,145 @@
+"""Sweeps beyond one process: Hydra's joblib and submitit_local launchers (jobs in other processes) and the
+Optuna sweeper over ``optim.lr`` (``+hparams_search=pretrain_lr_optuna``). The plugins are the ``sweep``
+extra, which ``scripts/setup.sh`` installs, so these tests run in CI."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TINY_TRANSFORMER, read_manifest
+
+pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="the `sweep` extra is not installed")
+pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the `sweep` extra is not installed")
+pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="the `sweep` extra is not installed")
+
+FAST = ["debug=smoke", *TINY_TRANSFORMER, "trainer.max_steps=4"]
+
+
+def _lr(run_dir: Path) -> str:
+    return next(o for o in read_manifest(run_dir)["overrides"] if o.startswith("optim.lr="))
+
+
+def _summary(sweep: Path) -> dict:
+    return json.loads((sweep / "summary.json").read_text())
+
+
+def _assert_all_completed(sweep: Path, n: int) -> dict:
+    summary = _summary(sweep)
+    assert summary["total"] == n and summary["failed"] == 0, summary
+    for job in summary["jobs"]:
+        manifest = read_manifest(sweep / job["dir"])
+        assert manifest["status"] == "completed" and job["status"] == "completed"
+        assert job["metric"] == "best/val/loss" and job["value"] == manifest["metrics"]["best/val/loss"]
+    values = [j["value"] for j in summary["jobs"]]
+    assert summary["best"]["metric"] == "best/val/loss" and summary["best"]["value"] == min(values)
+    return summary
+
+
+def test_joblib_sweep_runs_jobs_in_parallel_processes(ptcli, tmp_path):
+    sweep = tmp_path / "sweep"
+    r = ptcli("pretrain", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *FAST, "seed=0,1",
+              f"hydra.sweep.dir={sweep}")
+    assert r.code == 0, r
+    summary = _assert_all_completed(sweep, 2)
+    assert sorted(j["dir"] for j in summary["jobs"]) == ["0", "1"]
+    assert [read_manifest(sweep / d)["seed"] for d in ("0", "1")] == [0, 1]
+    assert "Joblib.Parallel(n_jobs=2" in r.stderr and f"sweep {sweep}: 2/2 completed" in r.stderr
+
+
+def test_submitit_local_sweep(ptcli, tmp_path):
+    sweep = tmp_path / "sweep"
+    r = ptcli("pretrain", "-m", "hydra/launcher=submitit_local", *FAST, "seed=0,1", f"hydra.sweep.dir={sweep}")
+    assert r.code == 0, r
+    _assert_all_completed(sweep, 2)
+    assert list((sweep / ".submitit").glob("*/*_result.pkl")), "jobs did not run through submitit"
+
+
+def test_a_failing_job_in_another_process_fails_the_sweep(ptcli, tmp_path):
+    sweep = tmp_path / "sweep"
+    r = ptcli("pretrain", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *FAST, "optim.lr=1e-3,1e6",
+              "trainer.clip_grad=null", f"hydra.sweep.dir={sweep}")
+    assert r.code == 1, r
+    summary = _summary(sweep)
+    assert summary["total"] == 2 and summary["failed"] == 1
+    by_lr = {_lr(sweep / j["dir"]): j for j in summary["jobs"]}
+    assert by_lr["optim.lr=0.001"]["status"] == "completed"
+    bad = by_lr["optim.lr=1000000.0"]
+    assert bad["status"] == "failed" and bad["exit_code"] == 1 and "non-finite loss" in bad["error"]
+    assert "non-finite loss" in r.stderr  # the parent names the job's error
+
+
+def test_optuna_searches_lr_and_reports_the_best(ptcli, tmp_path):
+    sweep = tmp_path / "sweep"
+    # the preset makes it a sweep (no -m); trials run two at a time in joblib's worker processes
+    r = ptcli("pretrain", "+hparams_search=pretrain_lr_optuna", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+              *FAST, f"hydra.sweep.dir={sweep}", "--json")
+    assert r.code == 0, r
+    summary = _assert_all_completed(sweep, 4)
+    assert json.loads(r.stdout) == summary  # --json: the summary, and nothing else, on stdout
+    lrs = [float(_lr(sweep / j["dir"]).split("=")[1]) for j in summary["jobs"]]
+    assert len(set(lrs)) == 4 and all(1e-4 <= lr <= 1e-2 for lr in lrs)
+    from omegaconf import OmegaConf
+
+    for j, lr in zip(summary["jobs"], lrs, strict=True):  # the trial's lr is the run's lr
+        assert OmegaConf.load(sweep / j["dir"] / "config.yaml").optim.lr == lr
+    import yaml
+
+    optuna = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert optuna["best_value"] == summary["best"]["value"] == min(j["value"] for j in summary["jobs"])
+    best_job = next(j for j in summary["jobs"] if j["dir"] == summary["best"]["dir"])
+    assert f"optim.lr={optuna['best_params']['optim.lr']}" in best_job["overrides"]
+    assert summary["best"]["direction"] == "minimize"
+    assert f"best job {summary['best']['dir']}: best/val/loss=" in r.stderr
+
+
+def test_optuna_presets_direction_matches_the_monitored_metric(ptcli):
+    for command, direction in (("pretrain", "minimize"), ("finetune", "maximize")):
+        r = ptcli(command, f"+hparams_search={command}_lr_optuna", "--cfg", "hydra")
+        assert r.code == 0, r
+        assert f"direction: {direction}" in r.stdout and "optim.lr: tag(log, interval(" in r.stdout
+        assert "mode: MULTIRUN" in r.stdout
+
+
+def test_config_error_with_a_launcher_is_a_usage_error(ptcli, tmp_path):
+    r = ptcli("pretrain", "-m", "hydra/launcher=joblib", "model=nosuch", "seed=0,1",
+              f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert r.code == 2, r
+    assert "nosuch" in r.stderr and not (tmp_path / "sweep" / "summary.json").exists()
+
+
+def test_key_metric_is_the_monitored_metric():
+    from ptcli.tasks import _key_metric
+
+    assert _key_metric({"best/val/loss": 2.0, "val/loss": 2.5, "val/mlm_acc": 0.3}) == 2.0
+    assert _key_metric({"best/val/accuracy": 0.8, "val/accuracy": 0.7, "test/accuracy": 0.9}) == 0.8
+    assert _key_metric({"test/accuracy": 0.9, "test/loss": 1.0}) == 0.9
+    assert _key_metric({}) is None
+
+
+def test_results_from_dirs_reads_jobs_of_other_processes(tmp_path, monkeypatch):
+    from ptcli import sweeps
+
+    def job(name: str, manifest: dict | None, age: float = 0.0) -> None:
+        d = tmp_path / name
+        (d / ".hydra").mkdir(parents=True)
+        (d / ".hydra" / "overrides.yaml").write_text("[]\n")
+        os.utime(d / ".hydra" / "overrides.yaml", (time.time() - age, time.time() - age))
+        if manifest is not None:
+            (d / "run.json").write_text(json.dumps(manifest))
+
+    monkeypatch.setattr(sweeps, "SWEEP", sweeps.Sweep(dir=tmp_path, started_at=time.time() - 5))
+    job("0", {"status": "completed", "metrics": {"best/val/loss": 1.0}})
+    job("1", {"status": "failed", "metrics": {}})
+    job("2", {"status": "running"})  # the job's process died
+    job("3", None)  # died before ptcli opened its run
+    job("10", {"status": "completed", "metrics": {}})
+    job("4", {"status": "completed"}, age=3600)  # a job of an earlier sweep into the same directory
+    (tmp_path / ".submitit" / "1").mkdir(parents=True)
+    results = sweeps.results_from_dirs(tmp_path)
+    assert [Path(r["run_dir"]).name for r in results] == ["0", "1", "2", "3", "10"]
+    assert [r["exit_code"] for r in results] == [0, 1, 1, 1, 0]
+    assert sweeps.jobs_started()
