@@ -139,12 +139,13 @@ def test_streaming_pretrain_completes_and_resumes_exactly(ptcli, tmp_path):
 
 
 def test_streaming_needs_a_streamable_source_and_max_steps(ptcli, tmp_path):
-    r = ptcli("pretrain", "debug=smoke", "data=pydocs", "data.streaming=true")
+    r = ptcli("pretrain", "debug=smoke", "data=pydocs", "data.streaming=true", f"hydra.run.dir={tmp_path}/a")
     assert r.code == 2 and "data.streaming" in r.stderr and "data=text" in r.stderr, r
-    r = ptcli("finetune", "debug=smoke", "data=digits", "model=convnet", "data.streaming=true")
+    r = ptcli("finetune", "debug=smoke", "data=digits", "model=convnet", "data.streaming=true",
+              f"hydra.run.dir={tmp_path}/b")
     assert r.code == 2 and "data.streaming" in r.stderr, r
     data = tmp_path / "c.txt"
     _corpus_file(data, n=50)
     r = ptcli("pretrain", "debug=smoke", "data=text", f"data.train={data}", "data.streaming=true",
-              "trainer.max_steps=null", "trainer.max_epochs=1")
+              "trainer.max_steps=null", "trainer.max_epochs=1", f"hydra.run.dir={tmp_path}/c")
     assert r.code == 2 and "trainer.max_steps" in r.stderr and "data.streaming" in r.stderr, r
