@@ -118,6 +118,9 @@ class AdamWConfig:
     eps: float = 1e-6
     # Fine-tuning: learning rate of the freshly initialized head (null = same as lr).
     head_lr: float | None = None
+    # Fine-tuning: layer-wise lr decay (ELECTRA, BEiT): the top block gets lr, each block below it
+    # layer_decay x the one above, the embeddings the smallest. null = one lr for the whole encoder.
+    layer_decay: float | None = None
 
 
 @dataclass

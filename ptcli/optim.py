@@ -10,30 +10,57 @@ from torch import nn
 from ptcli.errors import UsageError
 
 
+def layer_depths(model: nn.Module) -> dict[int, int]:
+    """``id(param) -> depth`` for a classifier over a block-structured encoder: embeddings 0, block i
+    i + 1, everything above the blocks (final norm) len(blocks) + 1. Empty if the encoder has no blocks."""
+    encoder = getattr(model, "encoder", None)
+    blocks = getattr(encoder, "blocks", None)
+    if blocks is None:
+        return {}
+    depths = {id(p): 0 for p in encoder.parameters()}
+    for i, block in enumerate(blocks):
+        depths.update({id(p): i + 1 for p in block.parameters()})
+    above = {name.split(".")[0] for name, _ in encoder.named_parameters()} - {"blocks", "tok_emb", "pos_emb"}
+    for name in above:
+        depths.update({id(p): len(blocks) + 1 for p in getattr(encoder, name).parameters()})
+    return depths
+
+
 def build_adamw(model: nn.Module, lr: float | None, weight_decay: float, betas: list[float], eps: float,
-                head_lr: float | None = None) -> torch.optim.AdamW:
+                head_lr: float | None = None, layer_decay: float | None = None) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not on norms, biases or 1-d parameters).
 
     A model with a ``head`` (a classifier) gets ``head_lr`` for it: a fresh head wants a larger step
-    than a pre-trained encoder.
+    than a pre-trained encoder. ``layer_decay`` scales the encoder's lr down layer by layer from the top,
+    so fine-tuning moves the general lower layers less than the task-specific upper ones.
     """
     if lr is None:
         raise UsageError("optim.lr is not set; pass optim.lr=<learning rate>")
     for key, value in (("lr", lr), ("head_lr", head_lr)):
         if value is not None and value <= 0:
             raise UsageError(f"optim.{key} must be positive, got {value}")
+    if layer_decay is not None and not 0 < layer_decay <= 1:
+        raise UsageError(f"optim.layer_decay must be in (0, 1], got {layer_decay}")
+    depths = layer_depths(model) if layer_decay is not None else {}
+    if layer_decay is not None and not depths:
+        raise UsageError("optim.layer_decay needs a classifier over ptcli's transformer encoder (model=transformer); "
+                         "set optim.layer_decay=null.")
+    top = max(depths.values(), default=0)
     head = getattr(model, "head", None)
     head_ids = {id(p) for p in head.parameters()} if head is not None and head_lr is not None else set()
-    groups = []
-    for is_head in (False, True):
-        decay, no_decay = [], []
-        for p in model.parameters():
-            if p.requires_grad and (id(p) in head_ids) == is_head:
-                (decay if p.ndim >= 2 else no_decay).append(p)
-        group_lr = head_lr if is_head else lr
-        groups += [{"params": decay, "weight_decay": weight_decay, "lr": group_lr},
-                   {"params": no_decay, "weight_decay": 0.0, "lr": group_lr}]
-    groups = [g for g in groups if g["params"]]
+    by_group: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        if id(p) in head_ids:
+            group_lr = head_lr
+        elif id(p) in depths:
+            group_lr = lr * layer_decay ** (top - depths[id(p)])
+        else:
+            group_lr = lr
+        by_group.setdefault((group_lr, p.ndim >= 2), []).append(p)
+    groups = [{"params": params, "weight_decay": weight_decay if decays else 0.0, "lr": group_lr}
+              for (group_lr, decays), params in by_group.items()]
     # The fused kernel exists for CPU and CUDA in torch >= 2.4 and is the fastest path on both.
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=True)
 

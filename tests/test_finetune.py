@@ -51,6 +51,15 @@ def test_conflicting_model_override_is_refused(ptcli, smoke_pretrain, tmp_path):
     assert "model.dim" in r.stderr and "pretrained" in r.stderr
 
 
+def test_dropout_may_differ_from_the_pretrained_run(ptcli, smoke_pretrain, tmp_path):
+    run = tmp_path / "r"
+    r = ptcli("finetune", f"pretrained={smoke_pretrain}", "model.dropout=0.2", "debug=smoke", "trainer.max_steps=2",
+              "trainer.eval_every=2", "data.labels_per_class=2", f"hydra.run.dir={run}")
+    assert r.code == 0, r
+    text = (run / "config.yaml").read_text()
+    assert "dropout: 0.2" in text and "dim: 32" in text  # the pretrained architecture, tuned dropout
+
+
 def test_pretrained_must_be_a_run_dir(ptcli, tmp_path):
     r = ptcli("finetune", f"pretrained={tmp_path}", "debug=smoke", f"hydra.run.dir={tmp_path / 'r'}")
     assert r.code == 2, r

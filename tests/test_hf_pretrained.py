@@ -69,6 +69,7 @@ def test_init_from_hf_trains_resumes_finetunes_and_exports(ptcli, tiny_bert, tmp
     pre = tmp_path / "dapt"
     r = ptcli("pretrain", f"init_from=hf:{tiny_bert}", "debug=smoke", "trainer.max_steps=10", f"hydra.run.dir={pre}")
     assert r.code == 0, r
+    assert "lr: 0.0001" in (pre / "config.yaml").read_text()  # domain-adaptive pre-training's small default
     first = read_manifest(pre)["metrics"]["val/loss"]
     # Continue the completed run for 10 more steps: the architecture recorded in the run is reused.
     r = ptcli("pretrain", f"init_from=hf:{tiny_bert}", "debug=smoke", "trainer.max_steps=20", f"resume={pre}")

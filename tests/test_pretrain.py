@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from conftest import TINY_TRANSFORMER, read_manifest, read_metrics
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 
@@ -17,7 +18,9 @@ def test_smoke_run_directory_layout(smoke_pretrain):
     assert m["step"] == 20
     assert {"val/loss", "val/mlm_acc", "val/ppl", "train/loss"} <= set(m["metrics"])
     assert (run / "config.yaml").is_file()
-    assert "dim: 32" in (run / "config.yaml").read_text()
+    cfg = OmegaConf.load(run / "config.yaml")
+    assert cfg.model.dim == 32
+    assert cfg.optim.lr == 2e-3 and cfg.objective.mask_rate == 0.3  # the MLM defaults, as run
     for name in ("last", "best"):
         weights = load_file(str(run / "checkpoints" / name / "model.safetensors"))
         assert "encoder.tok_emb.weight" in weights

@@ -140,3 +140,23 @@ def test_checkpoint_recovers_from_kill_between_renames(tmp_path):
     os.replace(tmp_path / "last", tmp_path / ".old-last-123")  # the state right after the first rename
     recover(tmp_path, "last")
     assert is_complete(tmp_path / "last")
+
+
+def test_layer_decay_scales_lr_from_the_top_block_down():
+    from ptcli.models.classifier import SequenceClassifier
+    from ptcli.models.transformer import TransformerEncoder
+    from ptcli.optim import build_adamw
+
+    model = SequenceClassifier(TransformerEncoder(50, dim=16, layers=3, heads=2, ffn_dim=32, max_len=8), 4)
+    opt = build_adamw(model, 1e-3, 0.01, [0.9, 0.98], 1e-6, head_lr=1e-2, layer_decay=0.5)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    enc = model.encoder
+    assert lr_of[id(model.head[1].weight)] == 1e-2
+    assert lr_of[id(enc.ln_f.weight)] == pytest.approx(1e-3)
+    assert [lr_of[id(b.attn.qkv.weight)] for b in enc.blocks] == pytest.approx([1e-3 / 8, 1e-3 / 4, 1e-3 / 2])
+    assert lr_of[id(enc.tok_emb.weight)] == pytest.approx(1e-3 / 16)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    no_decay = [g for g in opt.param_groups if any(p is enc.ln_f.weight for p in g["params"])]
+    assert no_decay[0]["weight_decay"] == 0.0
+    with pytest.raises(UsageError, match="layer_decay"):
+        build_adamw(model, 1e-3, 0.01, [0.9, 0.98], 1e-6, layer_decay=1.5)

@@ -30,6 +30,9 @@ from ptcli.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer, spe
 from ptcli.trainer import BestTracker, Trainer, check_trainer_config, pick_device, seed_everything
 
 FINETUNE_LR = {"text": 3e-4, "image": 1e-4}
+# Model keys a fine-tune may set although the architecture comes from the pretrained run: they change
+# no weight shapes (model.dropout=0.1 regularizes fine-tuning on few labels).
+TUNABLE_MODEL_KEYS = ("model.dropout",)
 
 
 class ClassBatches(SeededBatches):
@@ -90,6 +93,8 @@ def load_pretrained(path: str, overrides: list[str]) -> tuple[RunDir, DictConfig
     check_targets(src_cfg, f"{source.path / 'config.yaml'}")
     for ov in overrides:
         key, _, value = ov.lstrip("+~").partition("=")
+        if key in TUNABLE_MODEL_KEYS:
+            continue
         if key == "model" or key.startswith("model."):
             current = OmegaConf.select(src_cfg, key) if key != "model" else None
             if key == "model" or str(current) != value:
@@ -162,7 +167,12 @@ def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
         cfg.model = hf_model_config(hf_path, random_init=cfg.init == "random")
     elif cfg.pretrained:
         source, src_cfg = load_pretrained(cfg.pretrained, run.manifest["overrides"])
+        tuned = {key: OmegaConf.select(cfg, key) for key in TUNABLE_MODEL_KEYS
+                 if any(o.lstrip("+").split("=", 1)[0] == key for o in run.manifest["overrides"])}
         cfg.model = src_cfg.model
+        for key, value in tuned.items():
+            if OmegaConf.select(cfg, key) is not None:
+                OmegaConf.update(cfg, key, value)
     elif cfg.init == "pretrained" and cfg.freeze_encoder:
         raise UsageError("freeze_encoder=true without pretrained=RUN_DIR would train a head on random features.")
     if cfg.optim.lr is None:  # the encoder's default: measured best head start at 16 (text) / 5 (images) labels
