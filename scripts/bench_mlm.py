@@ -149,7 +149,7 @@ class HFRunner:
         self.offset = 0
 
     def round(self, steps: int) -> tuple[list[float], list[float]]:
-        from transformers import Trainer, TrainerCallback, TrainingArguments
+        from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
         times: list[float] = []
         losses: list[float] = []
@@ -173,6 +173,7 @@ class HFRunner:
                                  dataloader_num_workers=0, max_grad_norm=1.0, disable_tqdm=True, seed=len(times))
         trainer = Trainer(model=self.model, args=args, train_dataset=data, data_collator=self.collator,
                           optimizers=(self.opt, self.sched), callbacks=[Clock()])
+        trainer.remove_callback(PrinterCallback)  # (with tqdm off it prints every log dict)
         trainer.train()
         return times[1:], losses
 
