@@ -1,4 +1,4 @@
-"""Tiny transformers BERTs created locally (no download): ``pretrained=hf:DIR`` fine-tunes one,
+"""Tiny transformers BERTs and RoBERTas created locally (no download): ``pretrained=hf:DIR`` fine-tunes one,
 ``init_from=hf:DIR`` continues its MLM pre-training, and both kinds of run export back to transformers."""
 
 from __future__ import annotations
@@ -93,3 +93,37 @@ def test_init_from_hf_trains_resumes_finetunes_and_exports(ptcli, tiny_bert, tmp
     r = ptcli("export", str(pre), "--format", "hf", "--out", str(mlm_out))
     assert r.code == 0, r
     assert type(transformers.AutoModelForMaskedLM.from_pretrained(mlm_out)).__name__ == "BertForMaskedLM"
+
+
+@pytest.fixture(scope="module")
+def tiny_roberta(smoke_pretrain, tmp_path_factory):
+    from ptcli.tokenizer import load_tokenizer, special_ids
+
+    out = tmp_path_factory.mktemp("tiny-roberta")
+    tok = load_tokenizer(smoke_pretrain / "tokenizer")
+    hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                                  cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    hf_tok.save_pretrained(out)
+    # RoBERTa numbers positions from pad_token_id + 1, hence the two extra position embeddings.
+    config = transformers.RobertaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+                                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=130,
+                                        pad_token_id=special_ids(tok)["pad"])
+    torch.manual_seed(0)
+    transformers.RobertaForMaskedLM(config).save_pretrained(out)
+    return out
+
+
+def test_roberta_checkpoint_finetunes_and_exports(ptcli, tiny_roberta, tmp_path):
+    ft = tmp_path / "ft"
+    r = ptcli("finetune", f"pretrained=hf:{tiny_roberta}", "pooling=cls", "data=pydocs", "debug=smoke",
+              f"hydra.run.dir={ft}")
+    assert r.code == 0, r
+    assert "test/accuracy" in read_manifest(ft)["metrics"]
+    out = tmp_path / "export"
+    r = ptcli("export", str(ft), "--format", "hf", "--out", str(out))
+    assert r.code == 0, r
+    from test_export import finetune_logits
+
+    ours, theirs = finetune_logits(ft, out)
+    assert type(theirs[1]).__name__ == "RobertaForSequenceClassification"
+    assert torch.allclose(ours, theirs[0], atol=1e-4), (ours - theirs[0]).abs().max()
