@@ -28,6 +28,17 @@ def tiny_bert(smoke_pretrain, tmp_path_factory):
     return out
 
 
+def assert_exports_as(ptcli, run, out, architecture: str) -> None:
+    """``ptcli export --format hf`` of a fine-tune run gives ``architecture`` with ptcli's logits."""
+    from test_export import finetune_logits
+
+    r = ptcli("export", str(run), "--format", "hf", "--out", str(out))
+    assert r.code == 0, r
+    ours, theirs = finetune_logits(run, out)
+    assert type(theirs[1]).__name__ == architecture
+    assert torch.allclose(ours, theirs[0], atol=1e-4), (ours - theirs[0]).abs().max()
+
+
 def test_finetune_hf_checkpoint_and_evaluate(ptcli, tiny_bert, tmp_path):
     run = tmp_path / "ft"
     r = ptcli("finetune", f"pretrained=hf:{tiny_bert}", "data=pydocs", "debug=smoke", f"hydra.run.dir={run}")
@@ -80,14 +91,7 @@ def test_init_from_hf_trains_resumes_finetunes_and_exports(ptcli, tiny_bert, tmp
     ft = tmp_path / "ft"
     r = ptcli("finetune", f"pretrained={pre}", "pooling=cls", "debug=smoke", f"hydra.run.dir={ft}")
     assert r.code == 0, r
-    out = tmp_path / "export"
-    r = ptcli("export", str(ft), "--format", "hf", "--out", str(out))
-    assert r.code == 0, r
-    from test_export import finetune_logits
-
-    ours, theirs = finetune_logits(ft, out)
-    assert type(theirs[1]).__name__ == "BertForSequenceClassification"
-    assert torch.allclose(ours, theirs[0], atol=1e-4), (ours - theirs[0]).abs().max()
+    assert_exports_as(ptcli, ft, tmp_path / "export", "BertForSequenceClassification")
 
     mlm_out = tmp_path / "export-mlm"
     r = ptcli("export", str(pre), "--format", "hf", "--out", str(mlm_out))
@@ -119,11 +123,4 @@ def test_roberta_checkpoint_finetunes_and_exports(ptcli, tiny_roberta, tmp_path)
               f"hydra.run.dir={ft}")
     assert r.code == 0, r
     assert "test/accuracy" in read_manifest(ft)["metrics"]
-    out = tmp_path / "export"
-    r = ptcli("export", str(ft), "--format", "hf", "--out", str(out))
-    assert r.code == 0, r
-    from test_export import finetune_logits
-
-    ours, theirs = finetune_logits(ft, out)
-    assert type(theirs[1]).__name__ == "RobertaForSequenceClassification"
-    assert torch.allclose(ours, theirs[0], atol=1e-4), (ours - theirs[0]).abs().max()
+    assert_exports_as(ptcli, ft, tmp_path / "export", "RobertaForSequenceClassification")
