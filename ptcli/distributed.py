@@ -74,9 +74,21 @@ def init_from_torchrun() -> None:
 
 
 def shutdown() -> None:
+    """Leave the process group together: a rank that tears down its gloo connections while a peer is still
+    using them makes that peer abort (SIGABRT, "connection reset by peer"). The barrier is bounded, so a
+    rank that died elsewhere cannot hang the others here."""
+    import datetime
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        try:
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+            else:
+                dist.barrier()
+        except Exception:  # a peer already gone: nothing left to wait for
+            pass
         dist.destroy_process_group()
 
 

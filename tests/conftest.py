@@ -28,7 +28,7 @@ class Result:
         self.code, self.stdout, self.stderr = proc.returncode, proc.stdout, proc.stderr
 
     def __repr__(self) -> str:
-        return f"exit {self.code}\n--- stdout\n{self.stdout[-3000:]}\n--- stderr\n{self.stderr[-3000:]}"
+        return f"exit {self.code}\n--- stdout\n{self.stdout[-3000:]}\n--- stderr\n{self.stderr[-8000:]}"
 
 
 @pytest.fixture(scope="session")
