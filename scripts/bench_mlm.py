@@ -2,8 +2,10 @@
 
 Both train the same model size (hidden 256, 4 layers, 4 heads, FFN 1024, sequence 128, batch 32, vocab
 8192 WordPiece trained on pydocs, mask rate 0.15 with 80/10/10, fp32, AdamW, dropout 0) on the same
-packed pydocs blocks. Rounds alternate A B A B ... in one process; each round continues the same model
-and optimizer, so after all rounds both have seen the same number of tokens and their losses compare.
+packed pydocs blocks. Each side lives in a worker process of its own (as it would for a user: no heap
+or cache state shared with the other library); the parent alternates rounds A B A B ..., and only one
+side runs at a time. Each round continues the same model and optimizer, so after all rounds both have
+seen the same number of tokens and their losses compare.
 
     pip install -c constraints.txt -e ".[dev,bench]"
     python scripts/bench_mlm.py --rounds 3 --steps 25 --warmup 3
@@ -16,8 +18,10 @@ x tokens/s / measured fp32 matmul peak (measured in this run).
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -29,6 +33,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also in the spawned workers
 
 DIM, LAYERS, HEADS, FFN, SEQ, BATCH, VOCAB, MASK = 256, 4, 4, 1024, 128, 32, 8192, 0.15
 LR, WD = 5e-4, 0.01
@@ -50,6 +56,19 @@ def flops_per_token(vocab: int) -> float:
     attention = 2 * 2 * SEQ * DIM  # QK^T and AV, per token
     head = MASK * 2 * (DIM * DIM + DIM * vocab)  # MLM head, only at masked positions
     return 3 * (LAYERS * (per_layer + attention) + head)
+
+
+def executed_flops_per_token(name: str, vocab: int) -> float:
+    """Training FLOPs per token each side actually performs. HF projects every position onto the
+    vocabulary; ptcli also runs its last block's queries, attention and MLP at masked positions only
+    (counted at the mask rate: a lower bound, since per-row query padding is left out)."""
+    per_layer = 2 * (4 * DIM * DIM + 2 * DIM * FFN)
+    attention = 2 * 2 * SEQ * DIM
+    head = 2 * (DIM * DIM + DIM * vocab)
+    if name == "hf":
+        return 3 * (LAYERS * (per_layer + attention) + head)
+    last = 2 * 2 * DIM * DIM + MASK * (2 * 2 * DIM * DIM + 2 * 2 * DIM * FFN + attention)  # K, V everywhere
+    return 3 * ((LAYERS - 1) * (per_layer + attention) + last + MASK * head)
 
 
 def load_blocks():
@@ -178,6 +197,23 @@ class HFRunner:
         return times[1:], losses
 
 
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def serve(conn, name: str, tok_json: str, blocks: torch.Tensor, position: str) -> None:
+    """Worker process: build one side, then train ``steps`` more per request until sent ``None``."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(tok_json)
+    runner = PtcliRunner(tok, blocks, position) if name == "ptcli" else HFRunner(tok, blocks)
+    conn.send("ready")
+    while (steps := conn.recv()) is not None:
+        times, losses = runner.round(steps)
+        conn.send((times, losses, peak_rss_mb()))
+    shutil.rmtree(runner.tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
@@ -186,39 +222,53 @@ def main() -> None:
     ap.add_argument("--position", default="learned", choices=["learned", "rotary"],
                     help="ptcli position encoding (BERT uses learned)")
     args = ap.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    torch.set_num_threads(torch.get_num_threads())
 
     tok, blocks = load_blocks()
-    runners = [PtcliRunner(tok, blocks, args.position), HFRunner(tok, blocks)]
+    ctx = mp.get_context("spawn")
+    workers: dict[str, tuple] = {}
+    for name in ("ptcli", "hf"):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=serve, args=(child, name, tok.to_str(), blocks, args.position), daemon=True)
+        proc.start()
+        if parent.recv() != "ready":
+            raise SystemExit(f"the {name} worker failed to start")
+        workers[name] = (proc, parent)
     peak = matmul_peak_gflops()
     fpt = flops_per_token(tok.get_vocab_size())
-    tps: dict[str, list[float]] = {r.name: [] for r in runners}
-    losses: dict[str, list[float]] = {r.name: [] for r in runners}
+    tps: dict[str, list[float]] = {name: [] for name in workers}
+    losses: dict[str, list[float]] = {name: [] for name in workers}
+    rss: dict[str, float] = {}
     for i in range(args.rounds):
-        for r in runners:
-            times, ls = r.round(args.steps)
+        for name, (_, conn) in workers.items():
+            conn.send(args.steps)
+            times, ls, rss[name] = conn.recv()
             steady = times[args.warmup :]
-            tps[r.name].append(BATCH * SEQ / statistics.median(steady))
-            losses[r.name] += ls
-            print(f"round {i + 1} {r.name:>5}: {tps[r.name][-1]:8,.0f} tokens/s  loss {statistics.fmean(ls[-5:]):.3f}",
+            tps[name].append(BATCH * SEQ / statistics.median(steady))
+            losses[name] += ls
+            print(f"round {i + 1} {name:>5}: {tps[name][-1]:8,.0f} tokens/s  loss {statistics.fmean(ls[-5:]):.3f}",
                   flush=True)
+    for proc, conn in workers.values():
+        conn.send(None)
+        proc.join()
     peak_after = matmul_peak_gflops()
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print()
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}; "
           f"fp32 matmul peak {peak:.1f} / {peak_after:.1f} GFLOP/s (before/after)")
     print(f"model: hidden {DIM}, layers {LAYERS}, heads {HEADS}, FFN {FFN}, seq {SEQ}, batch {BATCH}, "
           f"vocab {tok.get_vocab_size()}, ptcli positions {args.position}; {fpt / 1e6:.1f} MFLOP/token")
-    print(f"{'':>6} {'tokens/s median':>16} {'min':>8} {'max':>8} {'MFU':>6} {'final loss':>11}")
+    print(f"{'':>6} {'tokens/s median':>16} {'min':>8} {'max':>8} {'MFU':>6} {'HW util':>8} {'final loss':>11} "
+          f"{'peak RSS':>9}")
     peak_used = max(peak, peak_after)
     for name in tps:
         med = statistics.median(tps[name])
+        hw = executed_flops_per_token(name, tok.get_vocab_size()) * med / (peak_used * 1e9)
         print(f"{name:>6} {med:>16,.0f} {min(tps[name]):>8,.0f} {max(tps[name]):>8,.0f} "
-              f"{fpt * med / (peak_used * 1e9):>6.1%} {statistics.fmean(losses[name][-10:]):>11.3f}")
+              f"{fpt * med / (peak_used * 1e9):>6.1%} {hw:>8.1%} {statistics.fmean(losses[name][-10:]):>11.3f} "
+              f"{rss[name]:>6,.0f} MB")
+    print("MFU: required FLOPs (full encoder, vocabulary projection at masked positions) / peak; "
+          "HW util: FLOPs each side performs / peak")
     ratios = [a / b for a, b in zip(tps["ptcli"], tps["hf"], strict=True)]
     print(f"ratio ptcli/HF per round: {', '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios):.2f}")
-    print(f"peak RSS (both in this process): {rss_mb:,.0f} MB")
     print(f"same tokens seen: {args.rounds * args.steps * BATCH * SEQ:,} each")
 
 

@@ -80,6 +80,32 @@ def test_encoder_shapes_and_padding_invariance():
     assert torch.allclose(out, out_padded[:, :10], atol=1e-5)
 
 
+@pytest.mark.parametrize("position", ["learned", "rotary"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_encoder_at_selected_positions_equals_full_encoder(position, bias):
+    """``only=`` (what MLM uses: the last block at masked positions only) is the same function: equal
+    outputs and equal gradients, with padding, a row with nothing selected, and uneven rows."""
+    torch.manual_seed(0)
+    enc = TransformerEncoder(vocab_size=VOCAB, dim=32, layers=3, heads=4, ffn_dim=64, max_len=16, position=position,
+                             bias=bias)
+    ids = torch.randint(5, VOCAB, (3, 16))
+    pad = torch.ones(3, 16, dtype=torch.long)
+    pad[1, 11:] = 0
+    only = torch.rand(3, 16, generator=torch.Generator().manual_seed(1)) < 0.3
+    only[2] = False
+    only[0, :12] = True
+    for mask in (None, pad):
+        full = enc(ids, mask)[only]
+        part = enc(ids, mask, only=only)
+        assert part.shape == (int(only.sum()), 32)
+        torch.testing.assert_close(part, full, atol=1e-5, rtol=1e-5)
+        grads_full = torch.autograd.grad(full.square().sum(), list(enc.parameters()))
+        grads_part = torch.autograd.grad(enc(ids, mask, only=only).square().sum(), list(enc.parameters()))
+        for (name, _), a, b in zip(enc.named_parameters(), grads_full, grads_part, strict=True):
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=name)
+    assert enc(ids, only=torch.zeros(3, 16, dtype=torch.bool)).shape == (0, 32)
+
+
 @pytest.mark.parametrize("kwargs, key", [({"dim": 30, "heads": 4}, "model.heads"), ({"layers": 0}, "model.layers"),
                                          ({"dim": -8}, "model.dim")])
 def test_encoder_rejects_bad_sizes(kwargs, key):

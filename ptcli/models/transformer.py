@@ -3,6 +3,11 @@
 Token + learned position embeddings, pre-LN blocks (attention through ``F.scaled_dot_product_attention``,
 GELU MLP), a final LayerNorm. Biases off by default (Cramming). ``forward`` returns hidden states; heads
 (MLM, classification) live with their objectives and read ``tok_emb`` for weight tying.
+
+``forward(..., only=positions)`` returns the final hidden states at those positions alone, and the last
+block computes its queries, attention output and MLP only there (its keys and values still cover every
+position). An MLM loss reads nothing else, so this is the same function with ~16% fewer training FLOPs
+at mask rate 0.15 -- the encoder-side counterpart of projecting onto the vocabulary at masked positions only.
 """
 
 from __future__ import annotations
@@ -43,6 +48,25 @@ class SelfAttention(nn.Module):
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
+    def attend_from(self, x: torch.Tensor, picks: torch.Tensor, attn_mask: torch.Tensor | None,
+                    rotary: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """Attention output at positions ``picks [B, L]`` only (queries there, keys/values everywhere),
+        before the output projection: ``[B, L, dim]``."""
+        b, t, d = x.shape
+        hd = d // self.heads
+        w, bias = self.qkv.weight, self.qkv.bias
+        k, v = F.linear(x, w[d:], None if bias is None else bias[d:]).view(b, t, 2, self.heads, hd).permute(
+            2, 0, 3, 1, 4)
+        xq = x.gather(1, picks[..., None].expand(-1, -1, d))
+        q = F.linear(xq, w[:d], None if bias is None else bias[:d]).view(b, -1, self.heads, hd).transpose(1, 2)
+        if rotary is not None:
+            cos, sin = rotary
+            q = apply_rotary(q, cos[picks][:, None], sin[picks][:, None])
+            k = apply_rotary(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return y.transpose(1, 2).reshape(b, -1, d)
+
 
 class Block(nn.Module):
     def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float, bias: bool) -> None:
@@ -54,8 +78,20 @@ class Block(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None,
-                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln1(x), attn_mask, rotary))
+                rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+                only: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, T, dim]``; with ``only [B, T]`` bool, the output at those positions, ``[n, dim]`` row-major."""
+        counts = only.sum(1) if only is not None else None
+        width = int(counts.max()) if counts is not None and counts.numel() else 0
+        if not width:
+            x = x + self.drop(self.attn(self.ln1(x), attn_mask, rotary))
+            x = x + self.drop(self.mlp(self.ln2(x)))
+            return x if only is None else x[only]
+        # Per row, the selected positions first (ascending), padded to the widest row.
+        picks = torch.argsort((~only).to(torch.int8), dim=1, stable=True)[:, :width]
+        valid = torch.arange(width, device=only.device) < counts[:, None]
+        y = self.attn.attend_from(self.ln1(x), picks, attn_mask, rotary)[valid]
+        x = x[only] + self.drop(self.attn.proj(y))
         return x + self.drop(self.mlp(self.ln2(x)))
 
 
@@ -100,8 +136,10 @@ class TransformerEncoder(nn.Module):
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``input_ids [B, T]`` -> hidden states ``[B, T, dim]``. ``attention_mask`` 1 = real token."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                only: torch.Tensor | None = None) -> torch.Tensor:
+        """``input_ids [B, T]`` -> hidden states ``[B, T, dim]``. ``attention_mask`` 1 = real token.
+        With ``only`` (``[B, T]`` bool): the hidden states at those positions, ``[n, dim]``, row-major."""
         t = input_ids.shape[1]
         if t > self.max_len:
             raise UsageError(f"sequence length {t} exceeds model.max_len={self.max_len}")
@@ -114,6 +152,9 @@ class TransformerEncoder(nn.Module):
         x = self.drop(x)
         # SDPA boolean mask: True = may attend. None keeps the fast path for packed (unpadded) blocks.
         mask = attention_mask[:, None, None, :].bool() if attention_mask is not None else None
-        for block in self.blocks:
+        last = len(self.blocks) - 1 if only is not None else len(self.blocks)
+        for block in self.blocks[:last]:
             x = block(x, mask, rotary)
+        if only is not None:  # through __call__, so FSDP's hooks gather the block's parameters
+            x = self.blocks[-1](x, mask, rotary, only=only)
         return self.ln_f(x)

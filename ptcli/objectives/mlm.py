@@ -87,17 +87,19 @@ class MaskedLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Loss summed over masked positions, with counts, so callers can average across batches exactly."""
-        hidden = self.encoder(input_ids)
         where = labels != IGNORE
         if hasattr(self, "head"):
-            logits = self.head(hidden[where])
-        else:
-            logits = F.linear(self.transform(hidden[where]), self.encoder.tok_emb.weight, self.decoder_bias)
+            logits = self.head(self.encoder(input_ids)[where])
+        else:  # ptcli's encoder computes its last block at the masked positions only
+            hidden = self.encoder(input_ids, only=where)
+            logits = F.linear(self.transform(hidden), self.encoder.tok_emb.weight, self.decoder_bias)
         target = labels[where]
         loss_sum = F.cross_entropy(logits.float(), target, reduction="sum")
         n = target.numel()
-        correct = (logits.argmax(-1) == target).sum()
-        return {"loss": loss_sum / max(n, 1), "loss_sum": loss_sum, "correct": correct, "count": n}
+        out = {"loss": loss_sum / max(n, 1), "loss_sum": loss_sum, "count": n}
+        if not self.training:  # accuracy is an evaluation metric; training skips the argmax
+            out["correct"] = (logits.argmax(-1) == target).sum()
+        return out
 
 
 def word_start_table(tok) -> torch.Tensor | None:
