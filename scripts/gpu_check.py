@@ -6,7 +6,8 @@ then tokens/s and model FLOP utilization (MFU). With several GPUs it also runs D
 
 MFU = training FLOPs per token (6 x non-embedding parameters + attention + the MLM head at masked
 positions) x tokens/s / peak, against both the measured dense bf16 matmul peak and the data-sheet peak
-when the GPU is known.
+when the GPU is known. It counts the whole last block, as the MLM benchmark's MFU does, although ptcli
+runs that block's queries and MLP at masked positions only (see README, Performance).
 """
 
 from __future__ import annotations
