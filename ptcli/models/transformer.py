@@ -81,12 +81,12 @@ class Block(nn.Module):
                 rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
                 only: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, T, dim]``; with ``only [B, T]`` bool, the output at those positions, ``[n, dim]`` row-major."""
-        counts = only.sum(1) if only is not None else None
-        width = int(counts.max()) if counts is not None and counts.numel() else 0
-        if not width:
+        if only is None or not only.any():
             x = x + self.drop(self.attn(self.ln1(x), attn_mask, rotary))
             x = x + self.drop(self.mlp(self.ln2(x)))
             return x if only is None else x[only]
+        counts = only.sum(1)
+        width = int(counts.max())
         # Per row, the selected positions first (ascending), padded to the widest row.
         picks = torch.argsort((~only).to(torch.int8), dim=1, stable=True)[:, :width]
         valid = torch.arange(width, device=only.device) < counts[:, None]
@@ -152,9 +152,6 @@ class TransformerEncoder(nn.Module):
         x = self.drop(x)
         # SDPA boolean mask: True = may attend. None keeps the fast path for packed (unpadded) blocks.
         mask = attention_mask[:, None, None, :].bool() if attention_mask is not None else None
-        last = len(self.blocks) - 1 if only is not None else len(self.blocks)
-        for block in self.blocks[:last]:
-            x = block(x, mask, rotary)
-        if only is not None:  # through __call__, so FSDP's hooks gather the block's parameters
-            x = self.blocks[-1](x, mask, rotary, only=only)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, rotary, only=only if i == len(self.blocks) - 1 else None)
         return self.ln_f(x)
