@@ -99,3 +99,43 @@ def test_global_batch_must_divide_over_ranks(ptcli, tmp_path):
     r = ptcli("pretrain", "trainer.strategy=ddp", *SMOKE, "trainer.batch_size=7", f"hydra.run.dir={run}", nproc=2)
     assert r.code != 0
     assert "trainer.batch_size=7" in r.stderr and "multiple of 2" in r.stderr
+
+
+def test_streaming_under_ddp_resumes_with_each_ranks_position(ptcli, cache_dir, tmp_path):
+    """Each rank streams its own shard; an interrupted DDP streaming run resumes every rank's stream where
+    it stopped, so it ends with the weights of an uninterrupted one."""
+    import os
+
+    import torch
+    from safetensors.torch import load_file
+    from test_streaming import _corpus_file
+
+    data = tmp_path / "corpus.txt"
+    _corpus_file(data)
+    args = ["pretrain", "trainer.strategy=ddp", *SMOKE, "data=text", f"data.train={data}", "data.streaming=true",
+            "data.block_size=32", "data.shuffle_buffer=8", "trainer.max_steps=24", "trainer.eval_every=12"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    r = ptcli(*args, f"hydra.run.dir={full}", nproc=2)
+    assert r.code == 0, r
+    assert read_manifest(full)["status"] == "completed"
+    env = {**os.environ, **OFFLINE, "PTCLI_CACHE": str(cache_dir / "ptcli"), "HF_DATASETS_CACHE": str(cache_dir / "hf"),
+           "PTCLI_STEP_DELAY": "0.3"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ptcli", *args,
+           f"hydra.run.dir={killed}"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # past the first checkpoint (step 12), then stop both ranks
+        if (killed / "run.json").is_file() and read_manifest(killed).get("step", 0) >= 12:
+            break
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    m = read_manifest(killed)
+    assert m["status"] == "interrupted" and 12 <= m["step"] < 24, m
+    r = ptcli(*args, f"resume={killed}", nproc=2)
+    assert r.code == 0, r
+    a = load_file(str(full / "checkpoints" / "last" / "model.safetensors"))
+    b = load_file(str(killed / "checkpoints" / "last" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_losses(full, killed, rel=1e-6)
