@@ -39,33 +39,27 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=bias)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None,
-                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        if rotary is not None:
-            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(y.transpose(1, 2).reshape(b, t, d))
-
-    def attend_from(self, x: torch.Tensor, picks: torch.Tensor, attn_mask: torch.Tensor | None,
-                    rotary: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        """Attention output at positions ``picks [B, L]`` only (queries there, keys/values everywhere),
-        before the output projection: ``[B, L, dim]``."""
+                rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+                picks: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, T, dim]``. With ``picks [B, L]`` (positions): queries there only, keys and values
+        everywhere, ``[B, L, dim]``."""
         b, t, d = x.shape
         hd = d // self.heads
-        w, bias = self.qkv.weight, self.qkv.bias
-        k, v = F.linear(x, w[d:], None if bias is None else bias[d:]).view(b, t, 2, self.heads, hd).permute(
-            2, 0, 3, 1, 4)
-        xq = x.gather(1, picks[..., None].expand(-1, -1, d))
-        q = F.linear(xq, w[:d], None if bias is None else bias[:d]).view(b, -1, self.heads, hd).transpose(1, 2)
+        if picks is None:
+            q, k, v = self.qkv(x).view(b, t, 3, self.heads, hd).permute(2, 0, 3, 1, 4)
+        else:
+            w, bias = self.qkv.weight, self.qkv.bias
+            k, v = F.linear(x, w[d:], None if bias is None else bias[d:]).view(b, t, 2, self.heads, hd).permute(
+                2, 0, 3, 1, 4)
+            xq = x.gather(1, picks[..., None].expand(-1, -1, d))
+            q = F.linear(xq, w[:d], None if bias is None else bias[:d]).view(b, -1, self.heads, hd).transpose(1, 2)
         if rotary is not None:
             cos, sin = rotary
-            q = apply_rotary(q, cos[picks][:, None], sin[picks][:, None])
-            k = apply_rotary(k, cos, sin)
+            q_cos, q_sin = (cos, sin) if picks is None else (cos[picks][:, None], sin[picks][:, None])
+            q, k = apply_rotary(q, q_cos, q_sin), apply_rotary(k, cos, sin)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.dropout if self.training else 0.0)
-        return y.transpose(1, 2).reshape(b, -1, d)
+        return self.proj(y.transpose(1, 2).reshape(b, -1, d))
 
 
 class Block(nn.Module):
@@ -90,8 +84,7 @@ class Block(nn.Module):
         # Per row, the selected positions first (ascending), padded to the widest row.
         picks = torch.argsort((~only).to(torch.int8), dim=1, stable=True)[:, :width]
         valid = torch.arange(width, device=only.device) < counts[:, None]
-        y = self.attn.attend_from(self.ln1(x), picks, attn_mask, rotary)[valid]
-        x = x[only] + self.drop(self.attn.proj(y))
+        x = x[only] + self.drop(self.attn(self.ln1(x), attn_mask, rotary, picks=picks)[valid])
         return x + self.drop(self.mlp(self.ln2(x)))
 
 
