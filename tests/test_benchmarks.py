@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from conftest import require
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -21,7 +21,7 @@ def run_script(name: str, *args: str, cache_dir: Path) -> str:
 
 
 def test_bench_mlm_tiny(cache_dir):
-    pytest.importorskip("accelerate")  # the HF Trainer baseline (bench extra)
+    require("accelerate", "the `bench` extra is not installed")  # the HF Trainer baseline
     out = run_script("bench_mlm.py", "--rounds", "1", "--steps", "3", "--warmup", "1", cache_dir=cache_dir)
     assert "ptcli" in out and "ratio" in out.lower() and "MFU" in out
 

@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
-from conftest import read_manifest
+from conftest import read_manifest, require
 
-transformers = pytest.importorskip("transformers")
+transformers = require("transformers", "the `hf` extra is not installed")
 
 
 @pytest.fixture(scope="module")

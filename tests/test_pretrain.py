@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import TINY_TRANSFORMER, read_manifest, read_metrics
+from conftest import TINY_TRANSFORMER, read_manifest, read_metrics, require
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
@@ -131,10 +131,8 @@ def test_hf_hub_name_offline_is_a_clear_error(ptcli, tmp_path):
 
 
 def test_tensorboard_and_mlflow_loggers(ptcli, tmp_path):
-    import pytest
-
-    pytest.importorskip("tensorboard")
-    mlflow = pytest.importorskip("mlflow")
+    require("tensorboard", "the `loggers` extra is not installed")
+    mlflow = require("mlflow", "the `loggers` extra is not installed")
     run = tmp_path / "run"
     store = tmp_path / "mlruns"
     r = ptcli("pretrain", "debug=smoke", "trainer.max_steps=10", "logger=[tensorboard,mlflow]",

@@ -9,12 +9,11 @@ import os
 import time
 from pathlib import Path
 
-import pytest
-from conftest import TINY_TRANSFORMER, read_manifest
+from conftest import TINY_TRANSFORMER, read_manifest, require
 
-pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="the `sweep` extra is not installed")
-pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the `sweep` extra is not installed")
-pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="the `sweep` extra is not installed")
+require("hydra_plugins.hydra_joblib_launcher", "the `sweep` extra is not installed")
+require("hydra_plugins.hydra_submitit_launcher", "the `sweep` extra is not installed")
+require("hydra_plugins.hydra_optuna_sweeper", "the `sweep` extra is not installed")
 
 FAST = ["debug=smoke", *TINY_TRANSFORMER, "trainer.max_steps=4"]
 
