@@ -78,6 +78,43 @@ class DataConfig:
 
 
 @dataclass
+class PydocsData(DataConfig):
+    _target_: str = "ptcli.data.sources.Pydocs"
+
+
+@dataclass
+class TextData(DataConfig):
+    _target_: str = "ptcli.data.sources.TextFiles"
+
+
+@dataclass
+class HubData(DataConfig):
+    _target_: str = "ptcli.data.sources.HubDataset"
+
+
+@dataclass
+class DigitsData(DataConfig):
+    _target_: str = "ptcli.data.sources.Digits"
+
+
+@dataclass
+class ImageData(DataConfig):
+    _target_: str = "ptcli.data.sources.ImageFiles"
+
+
+@dataclass
+class HFEncoderConfig:
+    """``pretrained=hf:...`` / ``init_from=hf:...``: written by the recipe, never chosen with ``model=``."""
+
+    _target_: str = "ptcli.models.hf.HFEncoder"
+    path: str = MISSING
+    max_len: int = 128
+    random_init: bool = False
+    # init_from=hf:NAME: the checkpoint the run started from (``path`` is the run's own hf_model/ copy).
+    source: str | None = None
+
+
+@dataclass
 class ConvNetConfig:
     _target_: str = "ptcli.models.convnet.ConvNet"
     in_channels: int = 1
@@ -180,6 +217,29 @@ class RunConfig:
     logger: Any = None
     # evaluate: the run directory being scored
     run_dir: str | None = None
+    # Python packages (besides ptcli) whose components a *loaded* run directory may name: a colleague's
+    # run built with their own model package. Also PTCLI_TRUSTED_PACKAGES=pkg1,pkg2. README: Safety.
+    trusted_packages: list[str] = field(default_factory=list)
+
+
+# The one registry of what a config may instantiate: for each component slot of RunConfig, the schema of
+# every ptcli component that may fill it, keyed by the schema's ``_target_``. ``ptcli/build.py`` refuses
+# any other ``ptcli.*`` target (Hydra resolves dotted names through module attributes, so a prefix test
+# would let ``ptcli.rundir.Path`` through), and validates loaded sections against these schemas.
+SCHEMAS: dict[str, list[type]] = {
+    "model": [TransformerConfig, ConvNetConfig, HFEncoderConfig],
+    "objective": [MLMConfig, SimCLRConfig],
+    "data": [PydocsData, TextData, HubData, DigitsData, ImageData],
+    "optim": [AdamWConfig],
+    "schedule": [ScheduleConfig],
+}
+# Sections with a fixed schema and no component: validated when loaded, never instantiated.
+PLAIN_SECTIONS: dict[str, type] = {"tokenizer": TokenizerConfig, "trainer": TrainerConfig}
+
+
+def component_schemas() -> dict[str, dict[str, type]]:
+    """``{slot: {target: schema}}`` from ``SCHEMAS``."""
+    return {slot: {schema._target_: schema for schema in schemas} for slot, schemas in SCHEMAS.items()}
 
 
 def register() -> None:

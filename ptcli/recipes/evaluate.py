@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from ptcli.build import check_targets, instantiate
+from ptcli.build import instantiate
 from ptcli.checkpoint import is_complete, load_into
 from ptcli.data.labels import LabelMap
 from ptcli.data.text import pack_blocks, tokenize_texts
@@ -25,6 +25,8 @@ from ptcli.rundir import RunDir
 from ptcli.tokenizer import load_tokenizer, special_ids
 from ptcli.trainer import pick_device, seed_everything
 
+HUB_DATASET = "ptcli.data.sources.HubDataset"
+
 
 def _checkpoint(target: RunDir):
     for name in ("best", "last"):
@@ -33,10 +35,18 @@ def _checkpoint(target: RunDir):
     raise UsageError(f"{target.path}: no complete checkpoint (checkpoints/best or checkpoints/last).")
 
 
-def _data_config(cfg: DictConfig, target_cfg: DictConfig, overrides: list[str]) -> DictConfig:
+def _data_config(cfg: DictConfig, target_cfg: DictConfig, overrides: list[str], run_path: Any) -> DictConfig:
     """The evaluated run's data, unless the user pointed ``data`` elsewhere on this command line."""
     if any(o.lstrip("+~").split("=", 1)[0].split(".")[0] == "data" for o in overrides):
         return cfg.data
+    if target_cfg.data.get("_target_") == HUB_DATASET:
+        # A hub name in someone else's config would make this machine download (and, with old datasets
+        # versions, run) whatever it names: the user must ask for it on their own command line.
+        name = target_cfg.data.get("name")
+        raise UsageError(f"the evaluated run was trained on the datasets hub dataset '{name}' (data.name in "
+                         f"{run_path}/config.yaml). ptcli does not load a dataset named only by a loaded run; to "
+                         f"evaluate on it, say so: data=hf data.name={name}"
+                         f"{' data.config=' + str(target_cfg.data.config) if target_cfg.data.get('config') else ''}.")
     return target_cfg.data
 
 
@@ -51,10 +61,9 @@ def evaluate(cfg: DictConfig, run: RunDir) -> dict[str, float]:
     seed_everything(cfg.seed)
     device = pick_device(cfg.trainer.device)
     target = RunDir.load(cfg.run_dir)
-    target_cfg = target.config()
-    check_targets(target_cfg, str(target.path / "config.yaml"))
+    target_cfg = target.config(cfg.trusted_packages)
     command = target.manifest.get("command")
-    data_cfg = _data_config(cfg, target_cfg, run.manifest["overrides"])
+    data_cfg = _data_config(cfg, target_cfg, run.manifest["overrides"], target.path)
     run.update(evaluated_run=str(target.path), evaluated_command=command)
     if command == "pretrain" and is_image_run(target_cfg):
         metrics, details = _evaluate_simclr(target, target_cfg, data_cfg, device, cfg.seed)
