@@ -3,40 +3,55 @@ fine-tune run exports as an EsmForSequenceClassification with the same class log
 
 from __future__ import annotations
 
-import pytest
 import torch
+from conftest import require
 
-transformers = pytest.importorskip("transformers")  # the optional `hf` extra
+transformers = require("transformers", "the `hf` extra is not installed")
 
 
-def test_export_matches_logits(ptcli, smoke_pretrain, tmp_path):
+TEXTS = ["Return the number of items in the container.", "Open the file."]
+
+
+def mlm_logits(run_dir, exported) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """MLM logits of ptcli's best checkpoint and of the exported model at the real (unpadded) positions of a
+    padded batch, encoded by the exported tokenizer (which must give ptcli's token ids), and the HF model."""
     from ptcli.checkpoint import load_into
-    from ptcli.objectives.mlm import MaskedLM
     from ptcli.recipes.pretrain import build_mlm
     from ptcli.rundir import RunDir
     from ptcli.tokenizer import load_tokenizer
 
+    run = RunDir.load(run_dir)
+    tok = load_tokenizer(run.tokenizer_dir)
+    model = build_mlm(run.config(), tok)
+    load_into(model, run.checkpoints / "best")
+    model.eval()
+    hf_model = transformers.AutoModelForMaskedLM.from_pretrained(exported).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(exported)
+    enc = hf_tok(TEXTS, padding="max_length", max_length=16, truncation=True, return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    assert (mask == 0).any()  # padding must not change the logits
+    for row, n, text in zip(ids, mask.sum(1).tolist(), TEXTS, strict=True):  # ptcli's ids, [CLS] and [SEP] included
+        assert row[:n].tolist() == tok.encode(text).ids, (row[:n].tolist(), tok.encode(text).ids)
+    with torch.no_grad():
+        hidden = model.encoder(ids, mask)
+        if hasattr(model, "head"):  # init_from=hf: the checkpoint's own MLM head
+            ours = model.head(hidden)
+        else:
+            ours = torch.nn.functional.linear(model.transform(hidden), model.encoder.tok_emb.weight,
+                                              model.decoder_bias)
+        theirs = hf_model(input_ids=ids, attention_mask=mask).logits
+    assert theirs.shape == ours.shape
+    real = mask.bool()  # padded positions are don't-cares in both
+    return ours[real], theirs[real], hf_model
+
+
+def test_export_matches_logits(ptcli, smoke_pretrain, tmp_path):
     out = tmp_path / "hf"
     r = ptcli("export", str(smoke_pretrain), "--format", "hf", "--out", str(out))
     assert r.code == 0, r
-    hf_model = transformers.AutoModelForMaskedLM.from_pretrained(out).eval()
-    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
-    run = RunDir.load(smoke_pretrain)
-    tok = load_tokenizer(run.tokenizer_dir)
-    model: MaskedLM = build_mlm(run.config(), tok)
-    load_into(model, smoke_pretrain / "checkpoints" / "best")
-    model.eval()
-    enc = hf_tok(["Return the number of items in the container.", "Open the file."],
-                 padding="max_length", max_length=16, truncation=True, return_tensors="pt")
-    ids, mask = enc["input_ids"], enc["attention_mask"]
-    assert ids[0, 0].item() == tok.token_to_id("[CLS]") and (mask == 0).any()
-    with torch.no_grad():
-        ours = torch.nn.functional.linear(model.transform(model.encoder(ids, mask)), model.encoder.tok_emb.weight,
-                                          model.decoder_bias)
-        theirs = hf_model(input_ids=ids, attention_mask=mask).logits
-    real = mask.bool()  # padded positions are don't-cares in both
-    assert theirs.shape == ours.shape
-    assert torch.allclose(ours[real], theirs[real], atol=1e-4), (ours[real] - theirs[real]).abs().max()
+    ours, theirs, hf_model = mlm_logits(smoke_pretrain, out)
+    assert type(hf_model).__name__ == "EsmForMaskedLM"
+    assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
 
 
 def finetune_logits(run_dir, exported) -> tuple[torch.Tensor, tuple[torch.Tensor, object]]:

@@ -93,10 +93,14 @@ def test_init_from_hf_trains_resumes_finetunes_and_exports(ptcli, tiny_bert, tmp
     assert r.code == 0, r
     assert_exports_as(ptcli, ft, tmp_path / "export", "BertForSequenceClassification")
 
+    from test_export import mlm_logits
+
     mlm_out = tmp_path / "export-mlm"
     r = ptcli("export", str(pre), "--format", "hf", "--out", str(mlm_out))
     assert r.code == 0, r
-    assert type(transformers.AutoModelForMaskedLM.from_pretrained(mlm_out)).__name__ == "BertForMaskedLM"
+    ours, theirs, hf_model = mlm_logits(pre, mlm_out)
+    assert type(hf_model).__name__ == "BertForMaskedLM"
+    assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
 
 
 @pytest.fixture(scope="module")
