@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import OFFLINE, TINY_TRANSFORMER, read_manifest, read_metrics
 from safetensors.torch import load_file
 
@@ -139,6 +140,10 @@ def test_sigkill_during_checkpoint_write_keeps_last_loadable(tmp_path):
             break
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.02)
+    else:  # killing at any other moment would not test a kill during the write
+        proc.kill()
+        seen = sorted(p.name for p in ckpts.glob("*"))
+        pytest.fail(f"no checkpoint write was caught in flight within 120 s; checkpoints/ held {seen}")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     last = ckpts / "last"
