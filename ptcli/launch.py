@@ -37,8 +37,8 @@ def launch(command: str, args: list[str], json_out: bool = False) -> int:
     tasks.STATE.reset(command=command, json_out=json_out)
     _quiet_libraries()
     saved_argv, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
-    args = _resume_in_place(args)
     try:
+        args = _resume_in_place(args)
         args = _join_torchrun(command, args)
     except PtcliError as exc:
         _report(exc)
@@ -175,11 +175,100 @@ def _join_torchrun(command: str, args: list[str]) -> list[str]:
 
 
 def _resume_in_place(args: list[str]) -> list[str]:
-    """``resume=RUN_DIR`` continues that run in its own directory, not in a new timestamped one."""
+    """``resume=RUN_DIR`` continues that run in its own directory, not in a new timestamped one, with the
+    overrides it was started with (``run.json``) applied before the user's: ``resume=RUN`` alone resumes the
+    run as it was started, and an override given again (``trainer.max_steps=N``) wins over the stored one."""
     resume = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
-    if resume and resume[-1] not in ("", "null") and not any(a.startswith("hydra.run.dir=") for a in args):
-        return [*args, f"hydra.run.dir={resume[-1]}"]
-    return args
+    if not resume or resume[-1] in ("", "null"):
+        return args
+    if any(a in ("-m", "--multirun") for a in args):
+        return args  # a sweep's jobs resume themselves (tasks._rerun_sweep_job)
+    user = [a for a in args if not a.startswith("-") and "=" in a or a.startswith("~")]
+    stored = _merge_stored_overrides(stored_overrides(Path(resume[-1])), user)
+    if stored:
+        print(f"ptcli: resume={resume[-1]}: with its overrides {' '.join(stored)}", file=sys.stderr)
+    if not any(a.startswith("hydra.run.dir=") for a in args):
+        stored.append(f"hydra.run.dir={resume[-1]}")
+    # First in the run of overrides that holds resume=: Hydra's parser takes the overrides as one run of
+    # positional arguments, and the user's come after the stored ones.
+    at = max(i for i, a in enumerate(args) if a.startswith("resume="))
+    while at > 0 and not args[at - 1].startswith("-") and ("=" in args[at - 1] or args[at - 1].startswith("~")):
+        at -= 1
+    return [*args[:at], *stored, *args[at:]]
+
+
+_OVERRIDE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*(?:[./][A-Za-z_][A-Za-z0-9_-]*)*")
+
+
+def stored_overrides(run_dir: Path) -> list[str]:
+    """The overrides a run was started with, from its ``run.json``, checked as untrusted input (the directory
+    may come from anyone): only plain ``key=value``, ``group=option``, ``+key=value``, ``++key=value`` and
+    ``~key`` forms, none touching ``hydra``, naming a ``_target_`` or holding a ``${...}`` interpolation.
+    A missing or unreadable ``run.json`` gives no overrides: ``RunDir.resume`` reports it."""
+    manifest_path = run_dir / "run.json"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    overrides = manifest.get("overrides", []) if isinstance(manifest, dict) else []
+    if not isinstance(overrides, list):
+        raise UsageError(f"resume={run_dir}: {manifest_path} is malformed: 'overrides' must be a list of strings. "
+                         "The run directory is damaged; resume a run written by ptcli.")
+    out = []
+    for ov in overrides:
+        why = _unsafe_override(ov)
+        if why:
+            raise UsageError(f"resume={run_dir}: {manifest_path} holds the override {ov!r}, which is refused: {why}. "
+                             "Stored overrides are replayed on resume and a run directory may come from anyone, "
+                             "so only plain key=value, group=option, +key=value and ~key forms are accepted; "
+                             "remove it from 'overrides' in run.json (and pass it yourself if you trust it).")
+        if not ov.startswith("resume="):  # the user's own resume= names the run
+            out.append(ov)
+    return out
+
+
+def _unsafe_override(ov: object) -> str | None:
+    """Why a stored override may not be replayed, or None if it may."""
+    if not isinstance(ov, str):
+        return "not a string"
+    if ov.startswith("-"):
+        return "it is a command-line flag, not an override"
+    if "${" in ov:
+        return "it holds an interpolation (${...}), which could read the environment or other files"
+    if "_target_" in ov:
+        return "it names a _target_, which could instantiate arbitrary code"
+    if any(ord(c) < 32 for c in ov):
+        return "it holds control characters"
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_override(ov)
+    except HydraException:
+        return "it is not a valid override"
+    key = parsed.key_or_group
+    if parsed.package is not None or not _OVERRIDE_KEY.fullmatch(key):
+        return "its key is not a plain dotted key or group name"
+    if re.split(r"[./]", key)[0] == "hydra":
+        return "it changes Hydra's own settings (hydra.*), which decide where and how the run executes"
+    if parsed.is_sweep_override():
+        return "it is a sweep (several values), which a single run never has"
+    return None
+
+
+def _merge_stored_overrides(stored: list[str], user: list[str]) -> list[str]:
+    """The stored overrides the user does not set again (the user's explicit ones win). A stored ``+key=v``
+    stays when the user changes the same key with ``key=w``: that change needs the key the ``+`` added."""
+    def key(ov: str) -> str:
+        return ov.lstrip("+~").split("=", 1)[0]
+
+    users = {key(o): o for o in user}
+    kept = []
+    for ov in stored:
+        mine = users.get(key(ov))
+        if mine is None or (ov.startswith("+") and not mine.startswith(("+", "~"))):
+            kept.append(ov)
+    return kept
 
 
 def _quiet_libraries() -> None:

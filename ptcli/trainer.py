@@ -136,6 +136,7 @@ class Trainer:
             "rng": ranks[0]["rng"],
             **({"ranks": ranks} if self.world > 1 else {}),
             "best": {"metric": self.best.metric, "value": self.best.value},
+            "patience_left": self.patience_left,  # else a resumed run would stop early at another step
             "log_acc": {"loss": self.loss_acc.detach().cpu(), "n": self.n_acc},
             **self.extra_state(),
         }
@@ -151,6 +152,8 @@ class Trainer:
                              f"{len(ranks)} (torchrun --nproc_per_node={len(ranks)}), not {self.world}.")
         set_rng_state(ranks[self.rank]["rng"])
         self.best.value = state["best"]["value"]
+        if self.patience_left is not None and state.get("patience_left") is not None:  # (older checkpoints lack it)
+            self.patience_left = int(state["patience_left"])
         self.loss_acc = ranks[self.rank]["loss"].to(self.device)
         self.n_acc = int(state["log_acc"]["n"])
 

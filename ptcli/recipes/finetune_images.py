@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from ptcli import distributed as dist
 from ptcli.build import instantiate
 from ptcli.checkpoint import load_weights, resume_checkpoint
-from ptcli.data.labels import LabelMap, stratified_subsample
+from ptcli.data.labels import LabelMap
 from ptcli.data.text import SeededBatches
 from ptcli.errors import UsageError
 from ptcli.metrics import classification_report, split_metrics
@@ -52,15 +52,16 @@ def labeled_image_splits(cfg: DictConfig, run: RunDir) -> tuple[dict[str, tuple[
     if splits["train"][1] is None:
         raise UsageError(f"data.path={cfg.data.get('path')}: the images have no labels (a flat folder, or an .npz "
                          "without y). Fine-tuning needs one sub-folder per class or an .npz with y.")
-    labels = LabelMap(names)
-    if run.writable:
-        labels.save(run.path / "labels.json")
+    from ptcli.recipes.finetune import run_labels, run_subsample
+
+    labels = run_labels(cfg, run, lambda: LabelMap(names))
+    if labels.names != names:
+        raise UsageError(f"resume={run.path}: labels.json names the classes {labels.names[:10]}, but the images "
+                         f"have {names[:10]}. Restore labels.json, or start a new run instead of resuming.")
     if cfg.data.labels_per_class is not None:
-        keep = stratified_subsample(splits["train"][1].numpy(), int(cfg.data.labels_per_class), cfg.seed)
+        keep = run_subsample(cfg, run, splits["train"][1].numpy())
         x, y = splits["train"]
         splits["train"] = (x[torch.from_numpy(keep)], y[torch.from_numpy(keep)])
-        run.write_text("subsample.json", json.dumps({"labels_per_class": cfg.data.labels_per_class, "seed": cfg.seed,
-                                      "train_indices": keep.tolist()}) + "\n")
     return splits, labels
 
 
