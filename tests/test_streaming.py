@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import random
 import signal
 
@@ -119,14 +120,20 @@ def test_streaming_pretrain_completes_and_resumes_exactly(ptcli, tmp_path):
     m = read_manifest(full)
     assert m["status"] == "completed" and m["step"] == 30 and m["data"]["train_blocks"] is None
     assert (full / "checkpoints" / "last" / "COMPLETE").is_file() and (full / "tokenizer" / "tokenizer.json").is_file()
-    assert 0 < m["metrics"]["val/loss"] < 10
+    # An untrained MLM predicts uniformly: loss ln(vocab) (5.04 here). Measured: train 5.04 -> 4.02 over 30
+    # steps, val 4.04; a model that did not learn cannot get 0.5 below either bound.
+    chance = math.log(len(json.loads((full / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]))
+    first = next(e["loss"] for e in read_metrics(full) if e["split"] == "train")
+    assert m["metrics"]["val/loss"] < chance - 0.5 and m["metrics"]["train/loss"] < first - 0.5, (chance, first, m)
     proc = _spawn(["pretrain", *args, f"hydra.run.dir={killed}"], {"PTCLI_STEP_DELAY": "0.1"})
     _wait_for_step(killed, 12, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     r = ptcli("pretrain", *args, f"resume={killed}")
     assert r.code == 0, r
-    assert 12 <= read_manifest(killed)["resumed"][0]["step"] < 30  # it did stop mid-run
+    # It did stop mid-run. Step 12 is logged before its checkpoint is written, so the kill may land between
+    # the two: the last checkpoint is then step 11's (written before step 12 began).
+    assert 11 <= read_manifest(killed)["resumed"][0]["step"] < 30
     a = load_file(str(full / "checkpoints" / "last" / "model.safetensors"))
     b = load_file(str(killed / "checkpoints" / "last" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)  # same batches after the resume: identical weights

@@ -10,12 +10,15 @@ from conftest import read_manifest, read_metrics
 
 TINY = ["model=convnet", "objective=simclr", "model.width=8", "model.stages=2", "trainer.max_steps=6",
         "trainer.eval_every=3", "trainer.batch_size=32", "trainer.log_every=2"]
+# Long enough for the encoder to learn something measurable: 40 steps took the kNN accuracy from 0.467
+# (untrained) to 0.617 on digits' 180 validation images; 6 steps moved it by only 0.03.
+LEARNS = ["trainer.max_steps=40", "trainer.eval_every=20"]
 
 
 @pytest.fixture(scope="module")
 def simclr_run(ptcli, tmp_path_factory):
     run = tmp_path_factory.mktemp("simclr") / "run"
-    r = ptcli("pretrain", *TINY, "data=digits", f"hydra.run.dir={run}")
+    r = ptcli("pretrain", *TINY, *LEARNS, "data=digits", f"hydra.run.dir={run}")
     assert r.code == 0, r
     return run
 
@@ -24,7 +27,8 @@ def test_simclr_pretrain_run(simclr_run):
     m = read_manifest(simclr_run)
     assert m["status"] == "completed"
     assert {"val/knn_acc", "val/knn_acc_init", "val/loss"} <= set(m["metrics"])
-    assert 0.0 <= m["metrics"]["val/knn_acc"] <= 1.0
+    # An encoder that learned nothing keeps its initial kNN accuracy; 0.08 is 14 of the 180 images.
+    assert m["metrics"]["val/knn_acc"] >= m["metrics"]["val/knn_acc_init"] + 0.08, m["metrics"]
     assert m["probe"]["knn"]["k"] == 20 and m["probe"]["knn"]["temperature"] == 0.07
     events = read_metrics(simclr_run)
     assert events[0] == {"step": 0, "split": "val", "knn_acc": m["metrics"]["val/knn_acc_init"]}
