@@ -8,6 +8,7 @@ grammar and Hydra's flags behave exactly as in any Hydra app.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -39,6 +40,7 @@ Set PTCLI_DEBUG=1 to see full tracebacks for errors.
 
 app = typer.Typer(
     name="ptcli",
+    pretty_exceptions_enable=False,
     help="Pre-train neural networks on unlabeled data, then fine-tune them on few labels.",
     no_args_is_help=True,
     add_completion=True,
@@ -88,11 +90,46 @@ def _root(
     """Pre-train neural networks on unlabeled data, then fine-tune them on few labels."""
 
 
+def _guarded(fn: Callable[[], int | None]) -> int:
+    """Run a verb and map what it raises to the contract's exit codes: the user's errors exit 2 with one
+    ``ptcli: error:`` paragraph, anything unexpected exits 1 as an internal error with the traceback saved to a
+    file (never printed raw, never taken for a config error)."""
+    from ptcli.errors import PtcliError, UsageError
+
+    try:
+        return fn() or 0
+    except (typer.Exit, SystemExit):
+        raise
+    except PtcliError as exc:
+        typer.echo(f"ptcli: error: {exc}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        typer.echo("ptcli: interrupted", err=True)
+        return 130
+    except Exception as exc:
+        from ptcli.errors import internal_error_message
+        from ptcli.launch import debug_enabled
+
+        if debug_enabled():
+            import traceback
+
+            traceback.print_exception(exc, file=sys.stderr)
+        if isinstance(exc, OSError) and exc.filename is not None:  # a path the user named: theirs to fix
+            typer.echo(f"ptcli: error: {UsageError(_os_error(exc))}", err=True)
+            return 2
+        typer.echo(internal_error_message(exc), err=True)
+        return 1
+
+
+def _os_error(exc: OSError) -> str:
+    return f"cannot read or write '{exc.filename}': {exc.strerror or exc}. Check the path and its permissions."
+
+
 def _hydra(command: str, ctx: typer.Context, overrides: list[str] | None, json_out: bool) -> None:
     from ptcli.launch import launch
 
     args = list(overrides or []) + list(ctx.args)
-    raise typer.Exit(launch(command, args, json_out=json_out))
+    raise typer.Exit(_guarded(lambda: launch(command, args, json_out=json_out)))
 
 
 @app.command(context_settings=PASSTHROUGH, epilog=HYDRA_HELP)
@@ -133,7 +170,7 @@ def evaluate(
     from ptcli.launch import launch
 
     args = [f"run_dir={_quote(str(run_dir))}"] + list(overrides or []) + list(ctx.args)
-    raise typer.Exit(launch("evaluate", args, json_out=json_out))
+    raise typer.Exit(_guarded(lambda: launch("evaluate", args, json_out=json_out)))
 
 
 @app.command()
@@ -142,19 +179,17 @@ def report(
     out: Path | None = typer.Option(None, "--out", help="Output folder (default: the first DIR)."),
 ) -> None:
     """Aggregate runs into a table (mean ± std over seeds), report.csv, report.md and PNG plots."""
-    from ptcli.errors import UsageError
-    from ptcli.report import build_report, print_report
 
-    missing = [str(d) for d in dirs if not d.is_dir()]
-    if missing:
-        typer.echo(f"ptcli: error: not a directory: {', '.join(missing)}", err=True)
-        raise typer.Exit(2)
-    try:
-        result = build_report(dirs, out or dirs[0])
-    except UsageError as exc:
-        typer.echo(f"ptcli: error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    print_report(result)
+    def run() -> None:
+        from ptcli.errors import UsageError
+        from ptcli.report import build_report, print_report
+
+        missing = [str(d) for d in dirs if not d.is_dir()]
+        if missing:
+            raise UsageError(f"not a directory: {', '.join(missing)}. Pass folders that hold run directories.")
+        print_report(build_report(dirs, out or dirs[0]))
+
+    raise typer.Exit(_guarded(run))
 
 
 @app.command()
@@ -163,40 +198,46 @@ def runs(
     json_out: bool = JsonOpt,
 ) -> None:
     """List runs, newest first: command, status, key metric, steps, duration, directory."""
-    from ptcli.runs import list_runs, print_runs
 
-    if not directory.is_dir():
-        typer.echo(f"ptcli: error: not a directory: {directory}", err=True)
-        raise typer.Exit(2)
-    rows = list_runs(directory)
-    if json_out:
-        import json
+    def run() -> None:
+        from ptcli.errors import UsageError
+        from ptcli.runs import list_runs, print_runs, warn_unreadable
 
-        typer.echo(json.dumps(rows))
-    else:
-        print_runs(rows)
+        if not directory.is_dir():
+            raise UsageError(f"not a directory: {directory}. Pass a folder that holds run directories.")
+        rows = list_runs(directory)
+        warn_unreadable(rows)
+        if json_out:
+            import json
+
+            typer.echo(json.dumps(rows))
+        else:
+            print_runs(rows)
+
+    raise typer.Exit(_guarded(run))
 
 
 @app.command()
 def export(
     run_dir: Path = typer.Argument(..., help="An MLM pretrain run directory."),
     format: str = typer.Option("hf", "--format", help="Output format: hf (a transformers directory)."),
-    out: Path = typer.Option(..., "--out", help="Directory to write."),
+    out: Path = typer.Option(..., "--out", help="Directory to write (must not exist, unless --force)."),
+    force: bool = typer.Option(False, "--force", help="Write into an existing --out (files of the same name are "
+                               "replaced; a file at --out is removed)."),
 ) -> None:
     """Write a Hugging Face transformers directory (AutoModelForMaskedLM + AutoTokenizer load it offline)."""
-    from ptcli.errors import UsageError
 
-    if format != "hf":
-        typer.echo(f"ptcli: error: --format {format!r} is not supported; use --format hf", err=True)
-        raise typer.Exit(2)
-    try:
+    def run() -> None:
+        from ptcli.errors import UsageError
+
+        if format != "hf":
+            raise UsageError(f"--format {format!r} is not supported; use --format hf")
         from ptcli.export import export_hf
 
-        export_hf(run_dir, out)
-    except UsageError as exc:
-        typer.echo(f"ptcli: error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(f"ptcli: wrote {out}", err=True)
+        export_hf(run_dir, out, force=force)
+        typer.echo(f"ptcli: wrote {out}", err=True)
+
+    raise typer.Exit(_guarded(run))
 
 
 @app.command()
@@ -207,16 +248,17 @@ def embed(
     text_column: str = typer.Option("text", "--text-column", help="Text column of tabular input."),
 ) -> None:
     """Write pooled encoder embeddings, one row per input text or image (heads dropped)."""
-    from ptcli.errors import UsageError
 
-    try:
+    def run() -> None:
         from ptcli.embed import embed as run_embed
+        from ptcli.launch import _quiet_libraries
+
+        _quiet_libraries()
 
         n = run_embed(run_dir, input, out, text_column)
-    except UsageError as exc:
-        typer.echo(f"ptcli: error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(f"ptcli: wrote {n} embeddings to {out}", err=True)
+        typer.echo(f"ptcli: wrote {n} embeddings to {out}", err=True)
+
+    raise typer.Exit(_guarded(run))
 
 
 def _quote(value: str) -> str:

@@ -6,6 +6,8 @@ Output: ``.npy`` (float32 ``[N, dim]``) or ``.parquet`` (one ``embedding`` list 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,18 @@ def _encoder(run_dir: Path):
     return encoder.eval(), tok, cfg
 
 
+@contextmanager
+def _as_option(option: str) -> Iterator[None]:
+    """The readers name config keys (``data.path``, ``data.text_column``); here the user typed options."""
+    try:
+        yield
+    except UsageError as exc:
+        text = str(exc).replace("data.text_column=", "--text-column ").replace("data.text_column", "--text-column")
+        for key in ("data.input", "data.path", "data.train"):
+            text = text.replace(key, option)
+        raise UsageError(text) from exc
+
+
 @torch.no_grad()
 def embed(run_dir: Path, input_path: Path, out: Path, text_column: str = "text", batch_size: int = 64) -> int:
     """Write embeddings of every row/image of ``input_path`` to ``out``; return the number of rows."""
@@ -46,18 +60,29 @@ def embed(run_dir: Path, input_path: Path, out: Path, text_column: str = "text",
         raise UsageError(f"--input: '{input_path}' does not exist.")
     if out.suffix not in (".npy", ".parquet"):
         raise UsageError(f"--out: '{out}' must end in .npy or .parquet.")
+    if out.is_dir():
+        raise UsageError(f"--out: '{out}' is a directory; pass a file path ending in .npy or .parquet.")
     encoder, tok, cfg = _encoder(run_dir)
     if tok is None:
         from ptcli.data.images import load_image_folder
 
-        x, _, _ = load_image_folder(str(input_path), int(cfg.data.get("size") or 8), int(cfg.model.in_channels))
+        with _as_option("--input"):
+            x, _, _ = load_image_folder(str(input_path), int(cfg.data.get("size") or 8), int(cfg.model.in_channels))
         feats = torch.cat([encoder(x[i : i + 512]).float() for i in range(0, len(x), 512)])
     else:
-        from ptcli.data.sources import TextFiles
+        from ptcli.data.sources import FORMATS, TextFiles
         from ptcli.data.text import pad_batch, tokenize_texts
         from ptcli.tokenizer import special_ids
 
-        ds = TextFiles(train=str(input_path), text_column=text_column, label_column="\0")._read("input", input_path)
+        if not input_path.is_file():
+            raise UsageError(f"--input: '{input_path}' is not a file; this is a text run, so pass a "
+                             f"{', '.join(sorted(FORMATS))} file.")
+        if input_path.suffix.lower() not in FORMATS:
+            raise UsageError(f"--input: cannot tell the format of '{input_path}' from its extension "
+                             f"'{input_path.suffix}'. Use one of: {', '.join(sorted(FORMATS))}.")
+        with _as_option("--input"):
+            ds = TextFiles(train=str(input_path), text_column=text_column, label_column="\0")._read("input",
+                                                                                                  input_path)
         seqs = tokenize_texts(ds, tok, int(cfg.model.max_len), "--input")
         pad = special_ids(tok)["pad"]
         chunks = []

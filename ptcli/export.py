@@ -68,17 +68,29 @@ def esm_state_dict(weights: dict[str, torch.Tensor], template: dict[str, torch.T
     unmapped = [k for k in template if k.endswith("weight") and torch.equal(out[k], template[k])
                 and "contact_head" not in k]
     if unmapped:
-        raise RuntimeError(f"export: weights not mapped from the ptcli checkpoint: {unmapped[:5]}")
+        raise UsageError(f"export: the checkpoint has no weights for {unmapped[:5]} of EsmForMaskedLM/"
+                         "EsmForSequenceClassification; this run's architecture cannot be exported as --format hf.")
     return out
 
 
-def export_hf(run_dir: Path, out: Path) -> Path:
+def _check_out(out: Path, force: bool) -> None:
+    """An existing ``--out`` may hold someone's work: write there only when asked to."""
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not force:
+        kind = "a directory" if out.is_dir() else "a file"
+        raise UsageError(f"--out: '{out}' already exists ({kind}). Pass a new path, or add --force to write "
+                         f"into it{' (the file is replaced by the directory)' if kind == 'a file' else ''}.")
+
+
+def export_hf(run_dir: Path, out: Path, force: bool = False) -> Path:
     from ptcli.build import check_targets
     from ptcli.checkpoint import is_complete, load_weights
     from ptcli.models.hf import _transformers
     from ptcli.recipes.pretrain import is_image_run
     from ptcli.rundir import RunDir
 
+    _check_out(out, force)  # before anything is loaded: a refusal costs nothing
     run = RunDir.load(run_dir)
     cfg = run.config()
     check_targets(cfg, str(run.path / "config.yaml"))
@@ -95,10 +107,16 @@ def export_hf(run_dir: Path, out: Path) -> Path:
         raise UsageError(f"{run.path}: no complete checkpoint to export.")
     weights = load_weights(ckpt)
     transformers = _transformers()
-    if cfg.model._target_ == HF_ENCODER:
-        model, tok = _native(transformers, cfg, run, weights, command)
-    else:
-        model, tok = _esm(transformers, cfg, run, weights, command)
+    try:
+        if cfg.model._target_ == HF_ENCODER:
+            model, tok = _native(transformers, cfg, run, weights, command)
+        else:
+            model, tok = _esm(transformers, cfg, run, weights, command)
+    except KeyError as exc:  # a checkpoint without a weight the architecture needs: the run, not ptcli, is off
+        raise UsageError(f"{ckpt}: the checkpoint lacks weight {exc} that its config ({run.path / 'config.yaml'}) "
+                         "implies; it cannot be exported.") from exc
+    if force and (out.is_symlink() or out.exists()) and not out.is_dir():
+        out.unlink()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tok.save_pretrained(out)
@@ -130,7 +148,11 @@ def _esm(transformers: Any, cfg: Any, run: Any, weights: dict[str, torch.Tensor]
     )
     cls = transformers.EsmForSequenceClassification if command == "finetune" else transformers.EsmForMaskedLM
     model = cls(config)
-    model.load_state_dict(esm_state_dict(weights, model.state_dict(), m.layers))
+    try:
+        model.load_state_dict(esm_state_dict(weights, model.state_dict(), m.layers))
+    except RuntimeError as exc:  # shapes that disagree with the run's own config: a damaged or edited run
+        raise UsageError(f"{run.path}: its checkpoint does not match its config.yaml (model.*): "
+                         f"{' '.join(str(exc).split())[:300]}") from exc
     hf_tok = transformers.PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
         mask_token="[MASK]", model_max_length=m.max_len)
@@ -165,14 +187,21 @@ def _native(transformers: Any, cfg: Any, run: Any, weights: dict[str, torch.Tens
         heads = [n for n, _ in model.named_children() if n != model.base_model_prefix]
         rename = {"head.": f"{heads[0]}."}
     rename["encoder.model."] = f"{model.base_model_prefix}."
-    mapped = {}
+    mapped, stray = {}, []
     for key, value in weights.items():
-        src = next(p for p in rename if key.startswith(p))
+        src = next((p for p in rename if key.startswith(p)), None)
+        if src is None:
+            stray.append(key)
+            continue
         mapped[rename[src] + key[len(src):]] = value
-    result = model.load_state_dict(mapped, strict=False)
+    try:
+        result = model.load_state_dict(mapped, strict=False)
+    except RuntimeError as exc:  # shape mismatches: the checkpoint is not of the architecture its config names
+        raise UsageError(f"{run.path}: the checkpoint does not fit {type(model).__name__} from {source}: "
+                         f"{' '.join(str(exc).split())[:300]}") from exc
     tied = {k for k in result.missing_keys if "decoder" in k or k.endswith("lm_head.bias")}
     missing = [k for k in result.missing_keys if k not in tied]
-    if missing or result.unexpected_keys:
-        raise RuntimeError(f"export: checkpoint does not fit {type(model).__name__}: missing {missing[:5]}, "
-                           f"unexpected {result.unexpected_keys[:5]}")
+    if missing or result.unexpected_keys or stray:
+        raise UsageError(f"{run.path}: the checkpoint does not fit {type(model).__name__} from {source}: missing "
+                         f"{missing[:5]}, unexpected {(stray + result.unexpected_keys)[:5]}; it cannot be exported.")
     return model, tok

@@ -57,15 +57,24 @@ def launch(command: str, args: list[str], json_out: bool = False) -> int:
     except SystemExit as exc:  # argparse inside Hydra (bad flag) exits 2 already
         return exc.code if isinstance(exc.code, int) else 2
     except Exception as exc:
+        from ptcli.errors import is_config_error
         from ptcli.sweeps import jobs_started
 
         if tasks.STATE.started or jobs_started():  # (jobs of joblib/submitit run in other processes)
             _report(exc)
             _finish_sweep(json_out)
             return 1
-        # Anything Hydra raised before our task started is a config or usage error.
-        _report(UsageError(_explain_config_error(exc, command, args)), cause=exc)
-        return 2
+        # Before our task started: Hydra/OmegaConf rejecting the config, or the file system refusing the run
+        # directory, is the user's to fix (2); anything else is a bug in ptcli or a plugin (1).
+        if is_config_error(exc):
+            _report(UsageError(_explain_config_error(exc, command, args)), cause=exc)
+            return 2
+        if isinstance(exc, OSError) and exc.filename is not None:
+            _report(UsageError(f"cannot create or write '{exc.filename}': {exc.strerror or exc}. Check the "
+                               "path and its permissions (hydra.run.dir / hydra.sweep.dir)."), cause=exc)
+            return 2
+        _report(exc)
+        return 1
     finally:
         from ptcli import distributed
 
@@ -281,12 +290,27 @@ def _quiet_libraries() -> None:
         datasets.logging.set_verbosity_error()
 
 
-def _report(exc: BaseException, cause: BaseException | None = None) -> None:
+def _report(exc: BaseException, cause: BaseException | None = None, run_dir: str | Path | None = None) -> None:
+    """One paragraph on stderr. ptcli's own errors are the user's to act on; any other exception is a bug,
+    reported as an internal error with its traceback saved (in the current run's directory when there is one)."""
     if debug_enabled():
         import traceback
 
         traceback.print_exception(cause or exc, file=sys.stderr)
-    print(f"ptcli: error: {exc}", file=sys.stderr)
+    if isinstance(exc, PtcliError) or _out_of_memory(exc):
+        print(f"ptcli: error: {exc}", file=sys.stderr)
+        return
+    from ptcli import tasks
+    from ptcli.errors import internal_error_message
+
+    if run_dir is None and tasks.STATE.started and tasks.STATE.results:
+        run_dir = tasks.STATE.results[-1].get("run_dir")  # the job that raised (jobs run one at a time here)
+    print(internal_error_message(exc, run_dir), file=sys.stderr)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    # Running out of memory is the run's failure (a smaller batch or model fixes it), not a bug.
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
 
 
 def _explain_config_error(exc: BaseException, command: str, args: list[str]) -> str:

@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import statistics
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ class Group:
 
     def stats(self, metric: str) -> tuple[float, float, int] | None:
         values = [float(r.manifest["metrics"][metric]) for r in self.runs
-                  if isinstance(r.manifest.get("metrics", {}).get(metric), (int, float))]
+                  if isinstance((r.manifest.get("metrics") or {}).get(metric), (int, float))]
         if not values:
             return None
         std = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -55,9 +56,12 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def find_runs(dirs: list[Path]) -> list[Run]:
-    """Every directory below ``dirs`` holding a ``run.json`` (checkpoint folders excluded)."""
+def find_runs(dirs: list[Path], skipped: list[str] | None = None) -> list[Run]:
+    """Every directory below ``dirs`` holding a ``run.json`` (checkpoint folders excluded). A run whose
+    ``run.json`` or ``config.yaml`` cannot be read is left out and named in ``skipped`` (file and reason)."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+    from yaml import YAMLError
 
     runs, seen = [], set()
     for root in dirs:
@@ -66,12 +70,19 @@ def find_runs(dirs: list[Path]) -> list[Run]:
             if "checkpoints" in run_dir.parts or run_dir in seen:
                 continue
             seen.add(run_dir)
+            bad = manifest_path
             try:
-                manifest = json.loads(manifest_path.read_text())
-                cfg_path = run_dir / "config.yaml"
-                cfg = OmegaConf.to_container(OmegaConf.load(cfg_path)) if cfg_path.is_file() else {}
-            except (OSError, ValueError, Exception):
-                continue  # a damaged run is skipped, not fatal for the report
+                manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+                if not isinstance(manifest, dict):
+                    raise ValueError(f"a JSON {type(manifest).__name__}, not an object")
+                if not isinstance(manifest.get("metrics") or {}, dict):
+                    raise ValueError("'metrics' is not an object")
+                bad = run_dir / "config.yaml"
+                cfg = OmegaConf.to_container(OmegaConf.load(bad)) if bad.is_file() else {}
+            except (OSError, ValueError, YAMLError, OmegaConfBaseException) as exc:
+                if skipped is not None:
+                    skipped.append(f"{bad}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+                continue
             runs.append(Run(run_dir, manifest, _flatten(cfg)))
     return runs
 
@@ -95,15 +106,21 @@ def group_runs(runs: list[Run]) -> tuple[list[str], list[Group]]:
 
 
 def _sort_value(v: Any) -> tuple:
-    return (v is None, v if isinstance(v, (int, float)) else str(v))
+    # Numbers before strings: a damaged config may mix types in one key, and mixed types do not compare.
+    number = isinstance(v, (int, float)) and not isinstance(v, bool)
+    return (v is None, not number, v if number else 0, "" if number else str(v))
 
 
 def build_report(dirs: list[Path], out: Path) -> dict[str, Any]:
-    runs = [r for r in find_runs(dirs) if r.manifest.get("status") == "completed"]
+    skipped: list[str] = []
+    runs = [r for r in find_runs(dirs, skipped) if r.manifest.get("status") == "completed"]
+    for line in skipped:
+        print(f"ptcli: warning: skipped an unreadable run: {line}", file=sys.stderr)
     if not runs:
         from ptcli.errors import UsageError
 
-        raise UsageError(f"no completed run directories (with run.json) under {', '.join(map(str, dirs))}.")
+        raise UsageError(f"no completed run directories (with run.json) under {', '.join(map(str, dirs))}"
+                         f"{f' ({len(skipped)} unreadable, named above)' if skipped else ''}.")
     varying, groups = group_runs(runs)
     metrics = [m for m in METRIC_ORDER if any(g.stats(m) for g in groups)] or \
         [m for m in FALLBACK_METRICS if any(g.stats(m) for g in groups)]
@@ -129,7 +146,7 @@ def build_report(dirs: list[Path], out: Path) -> dict[str, Any]:
     if _plot_curves(runs, out / "curves.png"):
         plots.append("curves.png")
     return {"rows": rows, "group_keys": ["command", *varying], "metrics": metrics, "runs": len(runs),
-            "out": str(out), "plots": plots}
+            "out": str(out), "plots": plots, "skipped": skipped}
 
 
 def _fmt(v: Any) -> str:
@@ -198,7 +215,7 @@ def _plot_curves(runs: list[Run], path: Path, limit: int = 12) -> bool:
         f = r.path / "metrics.jsonl"
         if not f.is_file():
             continue
-        events = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        events = _events(f)
         train = [(e["step"], e["loss"]) for e in events if e.get("split") == "train" and _num(e.get("loss"))]
         val_key = next((k for k in ("accuracy", "mlm_acc", "knn_acc") if any(k in e for e in events)), "loss")
         val = [(e["step"], e[val_key]) for e in events if e.get("split") == "val" and _num(e.get(val_key))]
@@ -220,6 +237,19 @@ def _plot_curves(runs: list[Run], path: Path, limit: int = 12) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def _events(path: Path) -> list[dict[str, Any]]:
+    """The readable events of a metrics log; a torn or garbled line (a killed run) is skipped, not fatal."""
+    events = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(e, dict) and isinstance(e.get("step"), (int, float)):
+            events.append(e)
+    return events
 
 
 def _num(v: Any) -> bool:

@@ -14,6 +14,19 @@ from ptcli.errors import UsageError
 
 _NO_STREAMING = ("data.streaming=true is supported only by `ptcli pretrain` with data=text or data=hf (this run: "
                  "{}). Drop data.streaming=true (small corpora load into memory anyway), or use data=text / data=hf.")
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    # What reading a file or dataset raises for bad input (parsers, arrow, datasets' own wrappers). A bug in
+    # ptcli is none of these, so it surfaces as an internal error instead of being blamed on the data.
+    # (Called in the except clause itself, which Python evaluates only once something was raised.)
+    import datasets.exceptions
+    import pyarrow
+
+    return (OSError, ValueError, TypeError, UnicodeError, KeyError, IndexError, pyarrow.ArrowException,
+            datasets.exceptions.DatasetsError)
+
+
 FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
 
 
@@ -144,7 +157,7 @@ class TextFiles(DataSource):
         kwargs: dict[str, Any] = {"sep": "\t"} if p.suffix.lower() == ".tsv" else {}
         try:
             ds = datasets.load_dataset(fmt, data_files={"data": str(p)}, split="data", **kwargs)
-        except Exception as exc:  # datasets wraps parser errors in several layers
+        except _read_errors() as exc:  # datasets wraps parser errors in several layers
             root = exc
             while root.__cause__ is not None or root.__context__ is not None:
                 root = root.__cause__ or root.__context__  # type: ignore[assignment]
@@ -192,9 +205,11 @@ class HubDataset(DataSource):
             if (local / "dataset_dict.json").is_file() or (local / "dataset_info.json").is_file():
                 return datasets.load_from_disk(str(local))
             return datasets.load_dataset(str(local) if local.is_dir() else name, config, streaming=streaming)
-        except Exception as exc:
-            hint = ("You are offline (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE set or no network): download it "
-                    "once online, or pass a local dataset directory as data.name=PATH.")
+        except _read_errors() as exc:
+            from ptcli.errors import load_hint
+
+            # "offline" only when that is why: an online failure (a typo, a bad config name) says so instead.
+            hint = load_hint(exc, "the dataset")
             raise UsageError(f"data.name: cannot load dataset '{name}'"
                              f"{f' (config {config})' if config else ''}: {str(exc).strip()[:300]}. {hint}") from exc
 

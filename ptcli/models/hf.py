@@ -27,14 +27,23 @@ def _transformers():
     return transformers
 
 
+def _hint(exc: BaseException) -> str:
+    # Blaming the network for a typo'd name (or a broken local directory) sends the user the wrong way.
+    from ptcli.errors import load_hint, offline
+
+    if offline() or load_hint(exc, "").startswith("The hub could not"):
+        return "Offline, pass a local directory saved with save_pretrained."
+    return "Check the name, or pass a local directory saved with save_pretrained."
+
+
 def load_hf_tokenizer(path: str):
     """The checkpoint's fast tokenizer, as a ``tokenizers.Tokenizer`` (what the rest of ptcli uses)."""
     transformers = _transformers()
     try:
         hf_tok = transformers.AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
-        raise UsageError(f"pretrained=hf:{path}: cannot load its tokenizer ({str(exc).splitlines()[0][:200]}). "
-                         "Offline, pass a local directory saved with save_pretrained.") from exc
+        raise UsageError(f"pretrained=hf:{path}: cannot load its tokenizer ({str(exc).splitlines()[0][:200]}). " +
+                         _hint(exc)) from exc
     if not getattr(hf_tok, "is_fast", False):
         raise UsageError(f"pretrained=hf:{path}: ptcli needs a fast tokenizer (tokenizer.json).")
     return hf_tok.backend_tokenizer
@@ -44,8 +53,8 @@ def load_hf_config(path: str):
     try:
         return _transformers().AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as exc:
-        raise UsageError(f"hf:{path}: cannot load its config ({str(exc).splitlines()[0][:200]}). "
-                         "Offline, pass a local directory saved with save_pretrained.") from exc
+        raise UsageError(f"hf:{path}: cannot load its config ({str(exc).splitlines()[0][:200]}). " +
+                         _hint(exc)) from exc
 
 
 def _base_kwargs(config: Any) -> dict[str, Any]:
@@ -66,8 +75,8 @@ class HFEncoder(nn.Module):
                 model = (transformers.AutoModel.from_config(config, **_base_kwargs(config)) if random_init
                          else transformers.AutoModel.from_pretrained(path, **_base_kwargs(config)))
             except (OSError, ValueError) as exc:
-                raise UsageError(f"pretrained=hf:{path}: cannot load the model ({str(exc).splitlines()[0][:200]}). "
-                                 "Offline, pass a local directory saved with save_pretrained.") from exc
+                raise UsageError(f"pretrained=hf:{path}: cannot load the model ({str(exc).splitlines()[0][:200]}). " +
+                                 _hint(exc)) from exc
         self.model = model
         self.dim = int(config.hidden_size)
         limit = int(getattr(config, "max_position_embeddings", max_len))
@@ -90,8 +99,8 @@ def load_hf_masked_lm(path: str, random_init: bool = False) -> tuple[nn.Module, 
         mlm = (transformers.AutoModelForMaskedLM.from_config(config) if random_init
                else transformers.AutoModelForMaskedLM.from_pretrained(path))
     except (OSError, ValueError) as exc:
-        raise UsageError(f"init_from=hf:{path}: cannot load a masked-LM model ({str(exc).splitlines()[0][:200]}). "
-                         "Offline, pass a local directory saved with save_pretrained.") from exc
+        raise UsageError(f"init_from=hf:{path}: cannot load a masked-LM model ({str(exc).splitlines()[0][:200]}). " +
+                         _hint(exc)) from exc
     prefix = mlm.base_model_prefix
     heads = [name for name, _ in mlm.named_children() if name != prefix]
     if len(heads) != 1:
