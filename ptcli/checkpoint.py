@@ -110,6 +110,26 @@ def recover(root: Path, name: str) -> None:
             return
 
 
+def clean_checkpoint_leftovers(root: Path) -> list[str]:
+    """After a kill: put back any checkpoint that survives only as ``.old-<name>-<pid>``, then delete the
+    ``.tmp-*`` and ``.old-*`` folders of interrupted saves and snapshots. Only for the run's lock holder
+    (``ptcli.rundir``): another live writer's temp folder would look the same. Returns the removed names."""
+    for old in list(root.glob(".old-*")):
+        name = old.name[len(".old-"):].rsplit("-", 1)[0]
+        if name:
+            recover(root, name)
+    removed = []
+    for p in sorted([*root.glob(".tmp-*"), *root.glob(".old-*")]):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p.name)
+    if removed:
+        _fsync_dir(root)
+    return removed
+
+
 def is_complete(path: Path) -> bool:
     return (path / MARKER).is_file() and (path / WEIGHTS).is_file()
 

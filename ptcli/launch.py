@@ -32,6 +32,7 @@ def launch(command: str, args: list[str], json_out: bool = False) -> int:
     import hydra
 
     import ptcli.config  # noqa: F401  (registers the schemas)
+    import ptcli.rundir  # noqa: F401  (registers ${ptcli.unique_dir:...}, the default hydra.run.dir)
     from ptcli import tasks
 
     tasks.STATE.reset(command=command, json_out=json_out)
@@ -40,6 +41,7 @@ def launch(command: str, args: list[str], json_out: bool = False) -> int:
     try:
         args = _resume_in_place(args)
         args = _join_torchrun(command, args)
+        ptcli.rundir.check_run_dir_arg(args, command)  # before Hydra writes its files there
     except PtcliError as exc:
         _report(exc)
         return exc.exit_code
@@ -176,8 +178,12 @@ def _join_torchrun(command: str, args: list[str]) -> list[str]:
     if not any(a.startswith("hydra.run.dir=") for a in args):
         import time
 
-        stamp = distributed.broadcast_object(time.strftime("%Y-%m-%d_%H-%M-%S"))
-        args = [*args, f"hydra.run.dir=outputs/{command}/{stamp}"]
+        from ptcli.rundir import unique_run_dir
+
+        # Rank 0 takes a free name (exclusive mkdir, as the default hydra.run.dir does) and tells the others.
+        base = f"outputs/{command}/{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+        run_dir = distributed.broadcast_object(unique_run_dir(base) if distributed.is_main() else None)
+        args = [*args, f"hydra.run.dir={run_dir}"]
     if not distributed.is_main():
         args = [*args, "hydra.job_logging.root.handlers=[console]"]
     return args

@@ -8,13 +8,18 @@
     tokenizer/        tokenizer.json (text runs)
 
 ``run.json`` is rewritten atomically (temp file + rename), so a reader never sees half a manifest.
+
+One writer per directory: the process that starts or resumes a run holds ``fcntl.flock`` on ``.lock`` (which
+holds its pid) until the run finishes or the process ends, and ``run.json`` is created exclusively.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -29,13 +34,259 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` survive a power loss (the file's own fsync does not)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot fsync a directory; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+def _write_tmp(path: Path, text: str) -> Path:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    return tmp
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    os.replace(_write_tmp(path, text), path)
+    fsync_dir(path.parent)
+
+
+def create_exclusive(path: Path, text: str) -> None:
+    """Create ``path`` with ``text``, complete or not at all; ``FileExistsError`` if it exists. A hard link
+    of a finished temp file is both exclusive and atomic, so no reader sees a half-written file."""
+    tmp = _write_tmp(path, text)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: exclusive create, then write
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+# --- one writer per run directory -------------------------------------------------------------------------
+
+LOCK = ".lock"
+_HELD: dict[Path, int] = {}  # run dir (resolved) -> fd holding its flock, for as long as this process writes it
+
+
+def _flock(fd: int, mode: int) -> bool:
+    import fcntl
+
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+
+
+def _read_pid(lock_file: Path) -> int | None:
+    try:
+        text = lock_file.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def lock_holder(path: str | Path) -> int | None:
+    """The pid of the process writing the run directory ``path`` (holding its lock), or None if none is."""
+    import fcntl
+
+    path = Path(path)
+    if path.resolve() in _HELD:
+        return os.getpid()
+    lock_file = path / LOCK
+    try:
+        fd = os.open(lock_file, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        # A shared probe: two probes never see each other as holders, and a writer's exclusive lock blocks it.
+        if _flock(fd, fcntl.LOCK_SH):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+    finally:
+        os.close(fd)
+    # The holder writes its pid just after locking: give it a moment rather than name a stale pid.
+    pid = None
+    for _ in range(50):
+        pid = _read_pid(lock_file)
+        if pid is not None and _alive(pid):
+            return pid
+        time.sleep(0.01)
+    return pid if pid is not None else 0
+
+
+def _acquire(path: Path) -> int | None:
+    """Lock the run directory ``path`` for this process; the holder's pid if another process holds it."""
+    import fcntl
+
+    key = path.resolve()
+    if key in _HELD:
+        return None
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    # A probe (``lock_holder``) holds a shared lock for microseconds: retry briefly before giving up.
+    for attempt in range(20):
+        if _flock(fd, fcntl.LOCK_EX):
+            break
+        if attempt == 19:
+            os.close(fd)
+            return lock_holder(path) or 0
+        time.sleep(0.02)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD[key] = fd
+    return None
+
+
+def release(path: str | Path) -> None:
+    """Give up this process's lock on a run directory (the run finished, or never started)."""
+    fd = _HELD.pop(Path(path).resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing the only descriptor releases the flock
+
+
+def _refuse_locked(path: Path, pid: int, action: str) -> None:
+    from ptcli.errors import UsageError
+
+    who = f"process {pid}" if pid else "another process"
+    stop = f" or stop it (kill {pid})" if pid else ""
+    raise UsageError(f"'{path}' is in use: {who} is writing this run (it holds {path / LOCK}). Wait for it to "
+                     f"end{stop} before you {action}, or choose another directory.")
+
+
+def _hydra_files(command: str) -> set[str]:
+    """What Hydra itself puts in a run directory before ptcli's task runs: ``.hydra/`` and the job log."""
+    names = {".hydra", LOCK, f"{command}.log"}
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            names.add(f"{HydraConfig.get().job.name}.log")
+    except Exception:
+        pass  # no Hydra run in this process (a script starting a run directly)
+    return names
+
+
+def check_new_run_dir(path: str | Path, command: str) -> None:
+    """Refuse to start a run in ``path`` when it holds a run already or other files (exit 2); a missing or
+    empty directory, or one holding only what Hydra writes before the task, is fine."""
+    from ptcli.errors import UsageError
+
+    path = Path(path)
+    if (path / "run.json").is_file():
+        raise UsageError(f"'{path}' already holds a run; pass resume={path} to continue it, or choose another "
+                         "hydra.run.dir.")
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"'{path}' is a file, not a directory; choose another hydra.run.dir.")
+    if path.is_dir():
+        foreign = sorted(p.name for p in path.iterdir() if p.name not in _hydra_files(command))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise UsageError(f"'{path}' is not empty and is not a ptcli run (it holds {shown}); ptcli writes a run "
+                             "only into a new or empty directory. Choose another hydra.run.dir (or leave it out "
+                             "for a fresh outputs/<command>/<timestamp>).")
+
+
+def _resume_locked_message(path: Path | str, holder: int) -> str:
+    who = f"process {holder}" if holder else "another process"
+    return (f"resume={path}: the run is still running in {who} (it holds {Path(path) / LOCK}). "
+            f"Wait for it to end{f' or stop it (kill {holder})' if holder else ''}, then resume.")
+
+
+def check_run_dir_arg(args: list[str], command: str) -> None:
+    """Before Hydra writes its own files (``.hydra/``, the job log) into the run directory named on the command
+    line, refuse one that is not ours to write: a live run to resume, or a directory to start in that holds a
+    run or other files. It is then left untouched. ``start``/``resume`` check again under the lock."""
+    from ptcli.errors import UsageError
+
+    if any(a in ("-m", "--multirun") for a in args):
+        return  # a sweep's jobs are checked one by one (ptcli/tasks.py)
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        return  # torchrun: rank 0 checks and starts the run; the others follow it, maybe after it began
+    value = [a.split("=", 1)[1].strip("'\"") for a in args if a.startswith("resume=")]
+    if value and value[-1] not in ("", "null"):
+        holder = lock_holder(value[-1])
+        if holder is not None:
+            raise UsageError(_resume_locked_message(value[-1], holder))
+        return
+    value = [a.split("=", 1)[1].strip("'\"") for a in args if a.startswith("hydra.run.dir=")]
+    if value and value[-1]:
+        check_new_run_dir(value[-1], command)
+
+
+_CHOSEN: dict[str, str] = {}
+_INSPECTING = {"-c", "--cfg", "-i", "--info", "-h", "--help", "--hydra-help", "-sc", "--shell-completion"}
+
+
+def unique_run_dir(base: str) -> str:
+    """``base`` or, when another run took it in the same second, the first free ``base-2``, ``base-3``, ...;
+    created here with an exclusive ``mkdir``, so concurrent processes never share one. Hydra's default
+    ``hydra.run.dir`` resolves through this (``${ptcli.unique_dir:...}``), before it opens its job log there."""
+    if base in _CHOSEN:  # Hydra may resolve hydra.run.dir more than once: one run, one directory
+        return _CHOSEN[base]
+    if any(a in _INSPECTING for a in sys.argv[1:]):
+        return base  # --cfg/--info print the config and run nothing: create nothing
+    parent = Path(base).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        name = base if n == 1 else f"{base}-{n}"
+        try:
+            os.mkdir(name)
+        except FileExistsError:
+            continue
+        _CHOSEN[base] = name
+        return name
+    raise RuntimeError(f"no free run directory name next to {base}")
+
+
+OmegaConf.register_new_resolver("ptcli.unique_dir", unique_run_dir, replace=True)
+
+
+def clean_leftovers(path: Path) -> list[str]:
+    """Remove what killed writers left behind: temp copies of files written atomically and the ``.tmp-*`` /
+    ``.old-*`` checkpoint folders of an interrupted save (after putting back a checkpoint that only survived
+    as ``.old-*``). Only the lock holder may call this: then no other process is writing them."""
+    removed = []
+    for p in path.glob(".*.tmp-*"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p.name)
+    root = path / "checkpoints"
+    if root.is_dir():
+        from ptcli.checkpoint import clean_checkpoint_leftovers
+
+        removed += [f"checkpoints/{n}" for n in clean_checkpoint_leftovers(root)]
+    return removed
 
 
 def _git_commit() -> str | None:
@@ -142,11 +393,6 @@ class RunDir:
         from ptcli.errors import UsageError
 
         path = Path(path)
-        if (path / "run.json").is_file():
-            raise UsageError(f"'{path}' already holds a run; pass resume={path} to continue it, or choose another "
-                             "hydra.run.dir.")
-        path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         manifest = {
             "command": command,
             "argv": [f"ptcli {command}", *sys.argv[1:]],
@@ -163,18 +409,49 @@ class RunDir:
             "metrics": {},
             "checkpoints": {},
         }
+        # Checked before the lock file is created, so that a directory that is not ours stays untouched.
+        check_new_run_dir(path, command)
+        path.mkdir(parents=True, exist_ok=True)
+        holder = _acquire(path)
+        if holder is not None:
+            _refuse_locked(path, holder, "start a run there")
         run = cls(path, manifest)
-        run.save()
+        try:
+            check_new_run_dir(path, command)  # again, now that no other ptcli process can write it
+            clean_leftovers(path)
+            try:
+                create_exclusive(path / "run.json", json.dumps(_clean(manifest), indent=2) + "\n")
+            except FileExistsError:
+                raise UsageError(f"'{path}' already holds a run; pass resume={path} to continue it, or choose "
+                                 "another hydra.run.dir.") from None
+            atomic_write_text(path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        except BaseException:
+            release(path)
+            raise
         return run
 
     @staticmethod
     def discard(path: Path) -> None:
-        """Remove a dead run's records so the job can start over in the same directory."""
-        import shutil
+        """Empty a dead run's directory (a sweep job that never checkpointed) so the job can start over in it.
+        Takes the run's lock first and keeps it for the ``start`` that follows: a live run is never touched."""
+        from ptcli.errors import UsageError
 
-        for name in ("run.json", "metrics.jsonl"):
-            (path / name).unlink(missing_ok=True)
-        shutil.rmtree(path / "checkpoints", ignore_errors=True)
+        path = Path(path)
+        if not (path / "run.json").is_file():
+            raise UsageError(f"'{path}' holds no run (no run.json): nothing to discard.")
+        holder = _acquire(path)
+        if holder is not None:
+            _refuse_locked(path, holder, "start this job again")
+        # Everything but Hydra's own files and the lock: run.json last, so an interrupted discard is retried.
+        keep = _hydra_files(str(json.loads((path / "run.json").read_text(encoding="utf-8")).get("command", "")))
+        for p in sorted(path.iterdir(), key=lambda p: p.name == "run.json"):
+            if p.name in keep:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
+        fsync_dir(path)
 
     @classmethod
     def resume(cls, path: str | Path, cfg: DictConfig, command: str, overrides: list[str]) -> RunDir:
@@ -182,6 +459,21 @@ class RunDir:
         from ptcli.errors import UsageError
 
         run = cls.load(path)
+        holder = _acquire(run.path)
+        if holder is not None:
+            raise UsageError(_resume_locked_message(path, holder))
+        try:
+            return cls._resume_locked(path, cfg, command, overrides)
+        except BaseException:
+            release(run.path)
+            raise
+
+    @classmethod
+    def _resume_locked(cls, path: str | Path, cfg: DictConfig, command: str, overrides: list[str]) -> RunDir:
+        from ptcli.errors import UsageError
+
+        run = cls.load(path)  # again: the manifest read before the lock may predate the last writer's end
+        clean_leftovers(run.path)
         if run.manifest.get("command") != command:
             raise UsageError(f"resume={path} is a '{run.manifest.get('command')}' run, not a {command} run.")
         old = OmegaConf.to_container(run.config(), resolve=True)
@@ -278,6 +570,9 @@ class RunDir:
         for logger in self.loggers:
             logger.close(status)
         self.loggers = []
+        # The run's records are final: another process may resume it now (a sweep in this process would
+        # otherwise keep one open lock per finished job).
+        release(self.path)
 
     @property
     def checkpoints(self) -> Path:
