@@ -82,6 +82,7 @@ def rotate_checkpoints(root: Path, last: Path, step: int, keep_last: int) -> lis
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(last, tmp, copy_function=_link_or_copy)
         os.replace(tmp, snapshot)
+        _fsync_dir(root)
     history = sorted(p for p in root.glob("step-*") if p.is_dir())
     for old in history[: max(0, len(history) - (keep_last - 1))]:
         shutil.rmtree(old, ignore_errors=True)
@@ -107,6 +108,7 @@ def recover(root: Path, name: str) -> None:
             if final.exists():
                 shutil.rmtree(final)
             os.replace(old, final)
+            _fsync_dir(root)
             return
 
 
