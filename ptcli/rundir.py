@@ -83,13 +83,16 @@ def create_exclusive(path: Path, text: str) -> None:
 
 # --- one writer per run directory -------------------------------------------------------------------------
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs are still created exclusively, but a live run is not detected
+    fcntl = None  # type: ignore[assignment]
+
 LOCK = ".lock"
 _HELD: dict[Path, int] = {}  # run dir (resolved) -> fd holding its flock, for as long as this process writes it
 
 
 def _flock(fd: int, mode: int) -> bool:
-    import fcntl
-
     try:
         fcntl.flock(fd, mode | fcntl.LOCK_NB)
         return True
@@ -119,11 +122,11 @@ def _alive(pid: int) -> bool:
 
 def lock_holder(path: str | Path) -> int | None:
     """The pid of the process writing the run directory ``path`` (holding its lock), or None if none is."""
-    import fcntl
-
     path = Path(path)
     if path.resolve() in _HELD:
         return os.getpid()
+    if fcntl is None:
+        return None
     lock_file = path / LOCK
     try:
         fd = os.open(lock_file, os.O_RDONLY)
@@ -148,14 +151,12 @@ def lock_holder(path: str | Path) -> int | None:
 
 def _acquire(path: Path) -> int | None:
     """Lock the run directory ``path`` for this process; the holder's pid if another process holds it."""
-    import fcntl
-
     key = path.resolve()
     if key in _HELD:
         return None
     fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     # A probe (``lock_holder``) holds a shared lock for microseconds: retry briefly before giving up.
-    for attempt in range(20):
+    for attempt in range(20 if fcntl is not None else 0):
         if _flock(fd, fcntl.LOCK_EX):
             break
         if attempt == 19:
