@@ -125,10 +125,12 @@ def _summarize_sweep(results: list[dict], json_out: bool, sweep_dir: Path | None
         except (OSError, ValueError):
             manifest = {"status": "failed", "overrides": [], "error": "the job wrote no readable run.json "
                         "(its process ended before ptcli started the run; see the job's log)"}
+        if "status" in r:  # the job was refused before its run opened: the directory's run.json is not its own
+            manifest = {k: r[k] for k in ("status", "overrides", "error", "metrics")}
         metrics = manifest.get("metrics") or {}
         metric = monitored_metric(metrics)
-        jobs.append({"dir": os.path.relpath(r["run_dir"], sweep_dir), "status": manifest["status"],
-                     "exit_code": r["exit_code"], "overrides": manifest["overrides"],
+        jobs.append({"dir": os.path.relpath(r["run_dir"], sweep_dir), "status": manifest.get("status"),
+                     "exit_code": r["exit_code"], "overrides": manifest.get("overrides") or [],
                      "metrics": metrics, "error": manifest.get("error"),
                      "metric": metric, "value": metrics.get(metric) if metric else None})
     summary = {"sweep_dir": str(sweep_dir), "jobs": jobs,

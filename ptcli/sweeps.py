@@ -67,11 +67,61 @@ def results_from_dirs(sweep_dir: Path) -> list[dict[str, Any]]:
             manifest = json.loads((job_dir / "run.json").read_text())
         except (OSError, ValueError):
             manifest = None
-        status = manifest.get("status") if manifest else None
+        status = manifest.get("status") if isinstance(manifest, dict) else None
         # A multirun exits 0 or 1, so only "completed or not" matters; "running" = the job process died.
-        results.append({"run_dir": str(job_dir), "exit_code": 0 if status == "completed" else 1,
-                        "metrics": (manifest or {}).get("metrics") or {}})
+        result = {"run_dir": str(job_dir), "exit_code": 0 if status == "completed" else 1,
+                  "metrics": (manifest or {}).get("metrics") or {}}
+        current = _hydra_overrides(job_dir)
+        comparable = status is not None and current is not None and "overrides" in manifest
+        mismatch = overrides_mismatch(manifest["overrides"], current) if comparable else None
+        if mismatch:  # the job refused a run of another sweep it found there (tasks._rerun_sweep_job)
+            result.update(exit_code=1, status="failed", metrics={}, overrides=current,
+                          error=f"sweep job {job_dir}: {mismatch}; left untouched, not reused")
+        results.append(result)
     return results
+
+
+def _hydra_overrides(job_dir: Path) -> list[str] | None:
+    """The overrides Hydra launched the job in ``job_dir`` with (its ``.hydra/overrides.yaml``), if recorded."""
+    import yaml
+
+    try:
+        data = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    return [str(o) for o in data] if isinstance(data, list) else None
+
+
+def _normalized(overrides: list[str]) -> dict[tuple[str, str], str]:
+    """Overrides as {(kind, key): value}: the same job compares equal however its overrides were spelled or
+    ordered (``optim.lr=1e-3`` and ``optim.lr=0.001``), ``resume=`` aside."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    out: dict[tuple[str, str], str] = {}
+    for ov in overrides:
+        try:
+            o = parser.parse_override(ov)
+            key, kind = (o.key_or_group + (f"@{o.package}" if o.package else "")), o.type.name
+            value = "" if o.value_type is None else (str(o.value()) if o.is_sweep_override()
+                                                     else o.get_value_element_as_str())
+        except HydraException:
+            key, kind, value = ov, "RAW", ""
+        if key != "resume":
+            out[(kind, key)] = value
+    return out
+
+
+def overrides_mismatch(stored: Any, current: list[str]) -> str | None:
+    """Why a job directory's run (its ``run.json`` overrides ``stored``) is not the job launched with
+    ``current``, or None when it is the same job."""
+    if not (isinstance(stored, list) and all(isinstance(o, str) for o in stored)):
+        return f"its run.json has no readable overrides (found {stored!r}), so it cannot be told to be this job"
+    if _normalized(stored) == _normalized(current):
+        return None
+    return (f"it holds a run of other overrides [{' '.join(stored)}] than this job's [{' '.join(current)}] "
+            "(the sweep changed since that run)")
 
 
 def _job_dirs(sweep_dir: Path) -> list[Path]:

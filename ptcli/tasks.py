@@ -42,7 +42,28 @@ class LaunchState:
 STATE = LaunchState()
 
 
-def _run(command: str, cfg: DictConfig) -> float | None:
+class TrialFailed:
+    """What a failed job returns to Hydra's sweeper instead of a value. It is no number (``float()`` raises), so
+    the Optuna sweeper records the trial as failed (``TrialState.FAIL``: never the best, and its sampler does not
+    learn from a made-up score) and goes on; the text, which the sweeper logs, names the job and its error.
+    (``None`` also fails the trial, but the log then only says ``Got 'None'``; ``nan`` crashes the sweeper, which
+    then tells Optuna a failed trial *with* a value; a worst value such as ``inf`` would be recorded as a
+    completed trial.)"""
+
+    def __init__(self, run_dir: str | None, error: str) -> None:
+        self.run_dir, self.error = run_dir, error
+
+    def __float__(self) -> float:
+        raise ValueError(str(self))
+
+    def __repr__(self) -> str:
+        first = self.error.splitlines()[0] if self.error else "unknown error"
+        return f"ptcli job failed ({self.run_dir or 'no run directory'}): {first}"
+
+    __str__ = __repr__
+
+
+def _run(command: str, cfg: DictConfig) -> float | TrialFailed | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -55,14 +76,20 @@ def _run(command: str, cfg: DictConfig) -> float | None:
     out_dir = Path(hc.runtime.output_dir)
     try:
         if STATE.multirun and (out_dir / "run.json").is_file() and not cfg.get("resume"):
-            done = _rerun_sweep_job(out_dir, cfg)
-            if done is not None:
-                return done
+            skipped, value = _rerun_sweep_job(out_dir, cfg, overrides)
+            if skipped:
+                return value
+        from ptcli.build import trust
+
+        trust(cfg)  # before the run directory is written: only registered or trusted components
         run = _open_run(command, cfg, out_dir, overrides)
     except PtcliError as exc:
-        STATE.results.append({"run_dir": None, "exit_code": exc.exit_code})
+        # A sweep job refused before its run opened: recorded for the summary as failed with this job's own
+        # overrides (its directory may hold another job's run.json, which must not speak for it).
+        STATE.results.append({"run_dir": str(out_dir) if STATE.multirun else None, "exit_code": exc.exit_code,
+                              "status": "failed", "error": str(exc), "overrides": overrides, "metrics": {}})
         _report(exc)
-        return None
+        return TrialFailed(str(out_dir), str(exc))
     result: dict[str, Any] = {"run_dir": str(run.path), "exit_code": 0}
     STATE.results.append(result)
     # Errors are recorded and reported here, never raised into Hydra: a sweep goes on after a failed
@@ -80,7 +107,7 @@ def _run(command: str, cfg: DictConfig) -> float | None:
         run.finish("interrupted" if isinstance(exc, Interrupted) else "failed", error=str(exc))
         result["exit_code"] = exc.exit_code
         _report(exc)
-        return None
+        return TrialFailed(str(run.path), str(exc))
     except KeyboardInterrupt:
         run.finish("interrupted", error="KeyboardInterrupt (second SIGINT: aborted without checkpoint)")
         raise
@@ -88,7 +115,7 @@ def _run(command: str, cfg: DictConfig) -> float | None:
         run.finish("failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         result["exit_code"] = 1
         _report(exc)
-        return None
+        return TrialFailed(str(run.path), f"{type(exc).__name__}: {exc}")
     if not run.writable:
         pass  # rank > 0 under torchrun: rank 0 reports
     elif STATE.json_out and not STATE.multirun:
@@ -120,25 +147,40 @@ def _open_run(command: str, cfg: DictConfig, out_dir: Path, overrides: list[str]
     return run
 
 
-def _rerun_sweep_job(out_dir: Path, cfg: DictConfig) -> float | None:
-    """A sweep re-run into the same sweep dir: skip completed jobs, resume interrupted ones."""
+def _rerun_sweep_job(out_dir: Path, cfg: DictConfig, overrides: list[str]) -> tuple[bool, float | None]:
+    """A sweep re-run into the same sweep dir: skip completed jobs, resume interrupted ones, start dead ones
+    without a checkpoint again; returns (skipped, its value). Only a job of the same overrides, and never one
+    another process is writing: a job directory holding another job's run (the sweep changed) is refused, not
+    reused (its metrics are not this job's) nor discarded (they are someone's results); the user re-runs into a
+    new ``hydra.sweep.dir``."""
     from ptcli.checkpoint import is_complete
-    from ptcli.rundir import RunDir
+    from ptcli.rundir import RunDir, lock_holder
+    from ptcli.sweeps import overrides_mismatch
 
+    holder = lock_holder(out_dir)
+    if holder is not None:
+        who = f"process {holder}" if holder else "another process"
+        raise UsageError(f"sweep job {out_dir}: {who} is still running this job (it holds its lock); it is left "
+                         "untouched. Wait for that sweep to end, then re-run, or re-run into another "
+                         "hydra.sweep.dir.")
     previous = RunDir.load(out_dir)
+    mismatch = overrides_mismatch(previous.manifest.get("overrides"), overrides)
+    if mismatch:
+        raise UsageError(f"sweep job {out_dir}: {mismatch}. It is left untouched and its metrics are not taken "
+                         "for this job's. Re-run this sweep into a new hydra.sweep.dir (or delete the old one).")
     status = previous.manifest.get("status")
     if status == "completed":
         metrics = previous.manifest.get("metrics") or {}
         STATE.results.append({"run_dir": str(out_dir), "exit_code": 0, "metrics": metrics, "skipped": True})
         print(f"ptcli: {out_dir}: already completed, skipped", file=sys.stderr)
-        return _key_metric(metrics)
+        return True, _key_metric(metrics)
     if is_complete(out_dir / "checkpoints" / "last"):
         print(f"ptcli: {out_dir}: {status} at step {previous.manifest.get('step')}, resuming", file=sys.stderr)
         cfg.resume = str(out_dir)
     else:
         print(f"ptcli: {out_dir}: {status} without a checkpoint, starting it again", file=sys.stderr)
         RunDir.discard(out_dir)
-    return None
+    return False, None
 
 
 def _recipe(command: str):
@@ -173,15 +215,15 @@ def _print_summary(run: Any, metrics: dict[str, float]) -> None:
     print(f"ptcli: run directory: {run.path}", file=sys.stderr)
 
 
-def pretrain_task(cfg: DictConfig) -> float | None:
+def pretrain_task(cfg: DictConfig) -> float | TrialFailed | None:
     return _run("pretrain", cfg)
 
 
-def finetune_task(cfg: DictConfig) -> float | None:
+def finetune_task(cfg: DictConfig) -> float | TrialFailed | None:
     return _run("finetune", cfg)
 
 
-def evaluate_task(cfg: DictConfig) -> float | None:
+def evaluate_task(cfg: DictConfig) -> float | TrialFailed | None:
     return _run("evaluate", cfg)
 
 

@@ -9,6 +9,7 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 from conftest import TINY_TRANSFORMER, read_manifest, require
 
 require("hydra_plugins.hydra_joblib_launcher", "the `sweep` extra is not installed")
@@ -142,3 +143,149 @@ def test_results_from_dirs_reads_jobs_of_other_processes(tmp_path, monkeypatch):
     assert [Path(r["run_dir"]).name for r in results] == ["0", "1", "2", "3", "10"]
     assert [r["exit_code"] for r in results] == [0, 1, 1, 1, 0]
     assert sweeps.jobs_started()
+
+
+WITH_FAILURES = """# @package _global_
+# Random sampling, seeded: two trials train, one blows up at run time (lr 1e6, no clipping: non-finite loss),
+# one is a config error (mask_rate outside (0, 1)). (Not the grid sampler: hydra-optuna-sweeper 1.3 crashes when
+# the grid's last trial fails, as Optuna's stop() then raises outside the sweeper's guard.)
+defaults:
+  - override /hydra/sweeper: optuna
+  - override /hydra/sweeper/sampler: random
+hydra:
+  mode: MULTIRUN
+  sweeper:
+    direction: minimize
+    n_trials: 4
+    n_jobs: 1
+    sampler:
+      seed: 10
+    params:
+      optim.lr: choice(1e-3, 1e6)
+      objective.mask_rate: choice(0.15, 0.3, 1.5)
+"""
+
+
+def test_optuna_records_failed_trials_as_failed_and_the_study_goes_on(ptcli, tmp_path):
+    conf, sweep = tmp_path / "conf", tmp_path / "sweep"
+    (conf / "hparams_search").mkdir(parents=True)
+    (conf / "hparams_search" / "with_failures.yaml").write_text(WITH_FAILURES)
+    r = ptcli("pretrain", "--config-dir", str(conf), "+hparams_search=with_failures", *FAST,
+              "trainer.clip_grad=null", f"hydra.sweep.dir={sweep}", "--json")
+    assert r.code == 1, r  # some trials failed
+    summary = _summary(sweep)
+    assert json.loads(r.stdout) == summary and summary["total"] == 4 and summary["failed"] == 2
+
+    def param(job: dict, key: str) -> float:
+        return float(next(o for o in job["overrides"] if o.startswith(key + "=")).split("=")[1])
+
+    kinds = []
+    for job in summary["jobs"]:
+        manifest = read_manifest(sweep / job["dir"])
+        assert job["status"] == manifest["status"]
+        kinds.append("config" if param(job, "objective.mask_rate") > 1 else "blow-up" if param(job, "optim.lr") > 1
+                     else "ok")
+        if param(job, "objective.mask_rate") > 1:
+            assert job["status"] == "failed" and job["exit_code"] == 2 and "objective.mask_rate" in job["error"]
+        elif param(job, "optim.lr") > 1:
+            assert job["status"] == "failed" and job["exit_code"] == 1 and "non-finite loss" in job["error"]
+        else:
+            assert job["status"] == "completed" and job["value"] == manifest["metrics"]["best/val/loss"]
+    assert sorted(kinds) == ["blow-up", "config", "ok", "ok"], kinds  # (the seeded sampler's draw)
+    done = [j for j in summary["jobs"] if j["status"] == "completed"]
+    import yaml
+
+    optuna = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    best = min(done, key=lambda j: j["value"])
+    assert optuna["best_value"] == summary["best"]["value"] == best["value"] and summary["best"]["dir"] == best["dir"]
+    assert optuna["best_params"]["optim.lr"] == 1e-3
+    # The sweeper told Optuna each failed trial as failed (TrialState.FAIL, no value), naming the job's error.
+    told = [line for line in r.stderr.splitlines() if "Failed experiment:" in line]
+    assert len(told) == 2 and all("ptcli job failed (" in line for line in told), told
+    assert sum("non-finite loss" in line for line in told) == 1 and sum("mask_rate" in line for line in told) == 1
+
+
+def test_trial_failed_is_no_number():
+    from ptcli.tasks import TrialFailed
+
+    failed = TrialFailed("multirun/x/3", "non-finite loss at step 3\nmore")
+    with pytest.raises(ValueError, match=r"ptcli job failed \(multirun/x/3\): non-finite loss at step 3$"):
+        float(failed)
+    import pickle
+
+    assert str(pickle.loads(pickle.dumps(failed))) == str(failed)  # crosses joblib/submitit process boundaries
+
+
+def _hold_lock(job_dir: Path):
+    """A live process holding the job's run-dir lock, as a running ptcli job does (ptcli.rundir)."""
+    import subprocess
+    import sys
+
+    from ptcli import rundir
+
+    code = ("import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "os.ftruncate(fd, 0); os.write(fd, f'{os.getpid()}\\n'.encode())\n"
+            "print('locked', flush=True)\n"
+            "time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(job_dir / rundir.LOCK)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_rerun_refuses_jobs_of_other_overrides_and_never_touches_a_live_one(ptcli, tmp_path):
+    from ptcli import rundir
+
+    sweep = tmp_path / "sweep"
+    args = ["pretrain", "-m", *FAST, "trainer.max_steps=2", f"hydra.sweep.dir={sweep}"]
+    r = ptcli(*args, "seed=0,1,2")
+    assert r.code == 0, r
+    # Job 2 looks like a run still going in another process: status running, its lock held by a live pid.
+    manifest = read_manifest(sweep / "2")
+    (sweep / "2" / "run.json").write_text(json.dumps({**manifest, "status": "running"}))
+
+    def files() -> dict:  # what ptcli wrote (Hydra rewrites .hydra/ and its log before any task runs)
+        return {d: {p.relative_to(sweep / d): p.read_bytes() for p in (sweep / d).rglob("*") if p.is_file()
+                    and ".hydra" not in p.parts and p.suffix != ".log" and p.name != rundir.LOCK} for d in ("1", "2")}
+
+    before = files()
+    holder = _hold_lock(sweep / "2")
+    try:
+        r = ptcli(*args, "seed=0,5,2")  # job 1 is now seed=5: not the run in 1/
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.code == 1, r
+    summary = _summary(sweep)
+    jobs = {j["dir"]: j for j in summary["jobs"]}
+    assert jobs["0"]["status"] == "completed" and "already completed, skipped" in r.stderr
+    refused = jobs["1"]
+    assert refused["status"] == "failed" and refused["metrics"] == {} and refused["value"] is None
+    assert "seed=5" in refused["overrides"] and "seed=1" not in refused["overrides"]
+    assert str(sweep / "1") in refused["error"] and "seed=1]" in refused["error"] and "seed=5]" in refused["error"]
+    live = jobs["2"]
+    assert live["status"] == "failed" and f"process {holder.pid}" in live["error"]
+    assert summary["failed"] == 2 and summary["best"]["dir"] == "0"
+    assert files() == before  # neither reused, discarded nor resumed
+    # The original sweep again: every job is its own, so all are taken as they are (2: dead now, resumed).
+    r = ptcli(*args, "seed=0,1,2")
+    assert r.code == 0, r
+    assert r.stderr.count("already completed, skipped") == 2 and _summary(sweep)["failed"] == 0
+
+
+def test_results_from_dirs_fails_a_job_that_found_another_sweeps_run(tmp_path, monkeypatch):
+    from ptcli import sweeps
+
+    monkeypatch.setattr(sweeps, "SWEEP", sweeps.Sweep(dir=tmp_path, started_at=time.time() - 5))
+    for name, launched in (("0", ["seed=0", "optim.lr=1e-3"]), ("1", ["seed=7"])):
+        d = tmp_path / name
+        (d / ".hydra").mkdir(parents=True)
+        (d / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in launched))
+        (d / "run.json").write_text(json.dumps({"status": "completed", "overrides": ["optim.lr=0.001", "seed=0"],
+                                                "metrics": {"best/val/loss": 1.0}}))
+    ok, other = sweeps.results_from_dirs(tmp_path)
+    assert ok["exit_code"] == 0 and ok["metrics"] == {"best/val/loss": 1.0}  # same job, spelled differently
+    assert other["exit_code"] == 1 and other["status"] == "failed" and other["metrics"] == {}
+    assert other["overrides"] == ["seed=7"] and "seed=0]" in other["error"]
