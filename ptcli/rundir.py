@@ -123,14 +123,14 @@ def _alive(pid: int) -> bool:
 def lock_holder(path: str | Path) -> int | None:
     """The pid of the process writing the run directory ``path`` (holding its lock), or None if none is."""
     path = Path(path)
-    if path.resolve() in _HELD:
-        return os.getpid()
-    if fcntl is None:
-        return None
-    lock_file = path / LOCK
     try:
+        if path.resolve() in _HELD:
+            return os.getpid()
+        if fcntl is None:
+            return None
+        lock_file = path / LOCK
         fd = os.open(lock_file, os.O_RDONLY)
-    except OSError:
+    except (OSError, ValueError):  # no lock file (no run), or a path no file can have (a NUL byte)
         return None
     try:
         # A shared probe: two probes never see each other as holders, and a writer's exclusive lock blocks it.
@@ -253,8 +253,11 @@ def unique_run_dir(base: str) -> str:
     """``base`` or, when another run took it in the same second, the first free ``base-2``, ``base-3``, ...;
     created here with an exclusive ``mkdir``, so concurrent processes never share one. Hydra's default
     ``hydra.run.dir`` resolves through this (``${ptcli.unique_dir:...}``), before it opens its job log there."""
-    if base in _CHOSEN:  # Hydra may resolve hydra.run.dir more than once: one run, one directory
-        return _CHOSEN[base]
+    chosen = _CHOSEN.get(base)
+    # Hydra may resolve hydra.run.dir more than once: one run, one directory. A later run in this process
+    # (launched in-process, in the same second) finds that one taken by the run.json written since.
+    if chosen is not None and Path(chosen).is_dir() and not (Path(chosen) / "run.json").exists():
+        return chosen
     if any(a in _INSPECTING for a in sys.argv[1:]):
         return base  # --cfg/--info print the config and run nothing: create nothing
     parent = Path(base).parent

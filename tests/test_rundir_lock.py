@@ -265,3 +265,5 @@ def test_unique_run_dir_takes_the_next_free_name(tmp_path, monkeypatch):
     assert unique_run_dir("out/s") == "out/s-3"
     assert unique_run_dir("out/s") == "out/s-3"  # Hydra may resolve it twice: one run, one name
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["s", "s-2", "s-3"]
+    (tmp_path / "out" / "s-3" / "run.json").write_text("{}")  # that run started: the next launch moves on
+    assert unique_run_dir("out/s") == "out/s-4"
