@@ -131,6 +131,30 @@ def test_resume_of_a_live_run_is_refused_naming_its_pid(ptcli, smoke_pretrain, t
     assert lock_holder(run) is None
 
 
+def test_resume_while_ptcli_is_training_the_run_is_refused(ptcli, cache_dir, smoke_pretrain, tmp_path):
+    import signal
+
+    run = tmp_path / "live"
+    proc = subprocess.Popen([sys.executable, "-m", "ptcli", "pretrain", "debug=smoke", *TINY_TRANSFORMER,
+                             "trainer.max_steps=100000", "trainer.log_every=1", f"hydra.run.dir={run}"],
+                            env=_env(cache_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while not ((run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text().strip()):
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.2)
+        assert lock_holder(run) == proc.pid
+        r = ptcli("pretrain", f"resume={run}", "trainer.max_steps=200000")
+        assert r.code == 2, r
+        assert f"still running in process {proc.pid}" in _error(r.stderr)
+        assert proc.poll() is None and read_manifest(run)["status"] == "running"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert read_manifest(run)["status"] == "interrupted" and lock_holder(run) is None
+
+
 def test_start_in_a_directory_another_process_is_starting_is_refused(tmp_path):
     fresh = tmp_path / "fresh"
     fresh.mkdir()
