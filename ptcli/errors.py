@@ -48,7 +48,15 @@ def is_config_error(exc: BaseException) -> bool:
         cause = exc.__cause__ or exc.__context__
         return cause is None or isinstance(cause, (ImportError, HydraException, OmegaConfBaseException)) \
             or "Error locating target" in str(exc)
-    return isinstance(exc, (HydraException, OmegaConfBaseException))
+    if isinstance(exc, (HydraException, OmegaConfBaseException)):
+        return True
+    # Hydra also rejects some overrides with plain ValueError/TypeError (e.g. "debug=smoke debug=null"): judged by
+    # where it was raised, in Hydra's or OmegaConf's own code, not in a plugin's (hydra_plugins/) or ptcli's.
+    tb, last = exc.__traceback__, None
+    while tb is not None:
+        last, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
+    return isinstance(exc, (ValueError, TypeError, KeyError)) and last is not None and \
+        any(f"{sep}{pkg}{sep}" in last for pkg in ("hydra", "omegaconf") for sep in "/\\")
 
 
 def save_traceback(exc: BaseException, run_dir: str | Path | None = None) -> Path | None:

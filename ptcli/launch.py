@@ -40,6 +40,7 @@ def launch(command: str, args: list[str], json_out: bool = False) -> int:
     saved_argv, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     try:
         args = _resume_in_place(args)
+        _check_flags(args)
         args = _join_torchrun(command, args)
         ptcli.rundir.check_run_dir_arg(args, command)  # before Hydra writes its files there
     except PtcliError as exc:
@@ -308,12 +309,37 @@ def _report(exc: BaseException, cause: BaseException | None = None, run_dir: str
     if isinstance(exc, PtcliError) or _out_of_memory(exc):
         print(f"ptcli: error: {exc}", file=sys.stderr)
         return
+    from ptcli.errors import is_config_error
+
+    if is_config_error(exc):  # a config the schema let through but the run could not use (e.g. ~seed)
+        print(f"ptcli: error: config: {' '.join(str(exc).split())}. Check the overrides that set or delete it.",
+              file=sys.stderr)
+        return
     from ptcli import tasks
     from ptcli.errors import internal_error_message
 
     if run_dir is None and tasks.STATE.started and tasks.STATE.results:
         run_dir = tasks.STATE.results[-1].get("run_dir")  # the job that raised (jobs run one at a time here)
     print(internal_error_message(exc, run_dir), file=sys.stderr)
+
+
+# Hydra's own flags (``hydra/_internal/utils.py: get_args_parser``); the ones in VALUED take a value.
+HYDRA_FLAGS = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-p", "--package", "-i", "--info", "-r",
+               "--run", "-m", "--multirun", "--shell-completion", "-cn", "--config-name", "-cp", "--config-path",
+               "-cd", "--config-dir", "--experimental-rerun", "--resolve"}
+VALUED = {"-c", "--cfg", "-p", "--package", "-i", "--info", "-cn", "--config-name", "-cp", "--config-path", "-cd",
+          "--config-dir", "--experimental-rerun"}
+
+
+def _check_flags(args: list[str]) -> None:
+    """An unknown ``--flag`` would reach Hydra's argparse, which prints its own usage block; name it instead."""
+    after_flag = False
+    for arg in args:
+        name = arg.split("=", 1)[0]
+        if arg.startswith("-") and not after_flag and name not in HYDRA_FLAGS:
+            raise UsageError(f"unknown option '{arg}'. Options: --json and Hydra's {', '.join(sorted(HYDRA_FLAGS))}; "
+                             "overrides are key=value (ptcli pretrain --help).")
+        after_flag = name in VALUED and "=" not in arg and not after_flag
 
 
 def _out_of_memory(exc: BaseException) -> bool:

@@ -38,8 +38,9 @@ class Group:
     runs: list[Run] = field(default_factory=list)
 
     def stats(self, metric: str) -> tuple[float, float, int] | None:
+        # Non-finite values (a diverged run, a damaged run.json) would make every statistic NaN or raise.
         values = [float(r.manifest["metrics"][metric]) for r in self.runs
-                  if isinstance((r.manifest.get("metrics") or {}).get(metric), (int, float))]
+                  if _num((r.manifest.get("metrics") or {}).get(metric))]
         if not values:
             return None
         std = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -253,7 +254,10 @@ def _events(path: Path) -> list[dict[str, Any]]:
 
 
 def _num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
+    try:
+        return isinstance(v, (int, float)) and math.isfinite(v)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def print_report(report: dict[str, Any]) -> None:

@@ -112,8 +112,10 @@ def _run(command: str, cfg: DictConfig) -> float | TrialFailed | None:
         run.finish("interrupted", error="KeyboardInterrupt (second SIGINT: aborted without checkpoint)")
         raise
     except Exception as exc:
+        from ptcli.errors import is_config_error
+
         run.finish("failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
-        result["exit_code"] = 1
+        result["exit_code"] = 2 if is_config_error(exc) else 1  # a config the run could not use is the user's
         _report(exc)
         return TrialFailed(str(run.path), f"{type(exc).__name__}: {exc}")
     if not run.writable:

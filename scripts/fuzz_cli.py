@@ -11,8 +11,9 @@ garbled run directories for ``runs``/``report``/``evaluate``, and odd ``--out`` 
 The property (``check``), for every input:
 - the exit code is 0, 1 or 2, and no Python traceback and no "internal error" (a bug) reaches the terminal;
 - exit 2 printed one ``ptcli: error:`` paragraph (or Click's usage message for a malformed command line);
-- the run's ``run.json`` agrees with the exit code: 0 <-> ``completed``; 1 <-> ``failed``; 2 <-> no ``run.json``
-  or ``failed`` without checkpoints (the run directory was opened, then the config or data was refused);
+- the run's ``run.json`` agrees with the exit code: 0 <-> ``completed``; 1 <-> ``failed`` (or no ``run.json``: the
+  process failed before the run opened); 2 <-> no ``run.json`` or ``failed`` without checkpoints (the run directory
+  was opened, then the config or data was refused);
 - no ``completed`` run has a non-finite metric.
 
 Inputs run in-process (``ptcli.cli.main`` with ``sys.argv``, stdout/stderr captured, process state restored
@@ -471,7 +472,7 @@ def check(case: Case, o: Outcome) -> list[str]:
         status = manifest.get("status") if isinstance(manifest, dict) else None
         if o.code == 0 and status != "completed":
             problems.append(f"exit 0 but run.json status {status!r}")
-        if o.code == 1 and status != "failed":
+        if o.code == 1 and manifest is not None and status != "failed":
             problems.append(f"exit 1 but run.json status {status!r}")
         if o.code == 2 and manifest is not None:
             if status != "failed":
