@@ -378,7 +378,7 @@ class RunDir:
         run = cls.load(path)
         run.writable = False
         if cfg.get("resume"):
-            old = OmegaConf.to_container(run.config(), resolve=True)
+            old = OmegaConf.to_container(run.config(cfg.get("trusted_packages")), resolve=True)
             new = OmegaConf.to_container(cfg, resolve=True)
             adopt_derived(cfg, old, new, _diff(old, new))
         return run
@@ -480,7 +480,7 @@ class RunDir:
         clean_leftovers(run.path)
         if run.manifest.get("command") != command:
             raise UsageError(f"resume={path} is a '{run.manifest.get('command')}' run, not a {command} run.")
-        old = OmegaConf.to_container(run.config(), resolve=True)
+        old = OmegaConf.to_container(run.config(cfg.get("trusted_packages")), resolve=True)
         new = OmegaConf.to_container(cfg, resolve=True)
         changed = [k for k in _diff(old, new) if k not in RESUMABLE_CHANGES]
         derived = adopt_derived(cfg, old, new, changed)
@@ -531,16 +531,12 @@ class RunDir:
             raise UsageError(f"cannot read '{manifest_path}': {exc}. The run directory is damaged.") from exc
         return cls(path, manifest)
 
-    def config(self) -> DictConfig:
-        from ptcli.errors import UsageError
+    def config(self, trusted: Any = ()) -> DictConfig:
+        """The run's ``config.yaml``, checked as untrusted input (``ptcli.build.load_run_config``): the
+        directory may come from anyone. ``trusted``: packages besides ptcli whose components it may name."""
+        from ptcli.build import load_run_config, trusted_packages
 
-        cfg_path = self.path / "config.yaml"
-        try:
-            cfg = OmegaConf.load(cfg_path)
-        except Exception as exc:
-            raise UsageError(f"cannot read '{cfg_path}': {exc}") from exc
-        assert isinstance(cfg, DictConfig)
-        return cfg
+        return load_run_config(self.path / "config.yaml", trusted_packages(trusted))
 
     def save(self) -> None:
         if not self.writable:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from ptcli import distributed as dist
-from ptcli.build import check_targets, instantiate
+from ptcli.build import instantiate
 from ptcli.checkpoint import is_complete, load_into, load_weights, resume_checkpoint
 from ptcli.data.labels import LabelMap, stratified_subsample
 from ptcli.data.text import SeededBatches, pad_batch, tokenize_texts
@@ -83,14 +83,13 @@ def hf_model_config(path: str, random_init: bool) -> DictConfig:
                              "random_init": random_init})
 
 
-def load_pretrained(path: str, overrides: list[str]) -> tuple[RunDir, DictConfig]:
+def load_pretrained(path: str, overrides: list[str], trusted: Any = ()) -> tuple[RunDir, DictConfig]:
     """The pretrain run and its config, refusing foreign ``_target_``s and conflicting model overrides."""
     source = RunDir.load(path)
     if source.manifest.get("command") != "pretrain":
         raise UsageError(f"pretrained={path} is a '{source.manifest.get('command')}' run; pass a pretrain run "
                          "directory (outputs/pretrain/<timestamp>).")
-    src_cfg = source.config()
-    check_targets(src_cfg, f"{source.path / 'config.yaml'}")
+    src_cfg = source.config(trusted)
     for ov in overrides:
         key, _, value = ov.lstrip("+~").partition("=")
         if key in TUNABLE_MODEL_KEYS:
@@ -201,7 +200,7 @@ def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
     if hf_path:
         cfg.model = hf_model_config(hf_path, random_init=cfg.init == "random")
     elif cfg.pretrained:
-        source, src_cfg = load_pretrained(cfg.pretrained, run.manifest["overrides"])
+        source, src_cfg = load_pretrained(cfg.pretrained, run.manifest["overrides"], cfg.trusted_packages)
         tuned = {key: OmegaConf.select(cfg, key) for key in TUNABLE_MODEL_KEYS
                  if any(o.lstrip("+").split("=", 1)[0] == key for o in run.manifest["overrides"])}
         cfg.model = src_cfg.model
