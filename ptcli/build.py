@@ -64,6 +64,19 @@ def trust(cfg: DictConfig, where: str = "config") -> tuple[str, ...]:
     return TRUSTED
 
 
+def resolve(cfg: DictConfig) -> None:
+    """Resolve the interpolations of the composed config in place, so a value that resolves to the wrong type
+    (``data.size=${oc.env:HOME}``) is a config error naming the key, before the run directory is written."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        first = " ".join(str(exc).splitlines()[0].split())
+        raise UsageError(f"{'config key ' + repr(key) + ': ' if key else ''}{first}") from None
+
+
 def _in_package(target: str, packages: Iterable[str]) -> bool:
     return any(target == p or target.startswith(p + ".") for p in packages)
 

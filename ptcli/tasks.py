@@ -79,8 +79,9 @@ def _run(command: str, cfg: DictConfig) -> float | TrialFailed | None:
             skipped, value = _rerun_sweep_job(out_dir, cfg, overrides)
             if skipped:
                 return value
-        from ptcli.build import trust
+        from ptcli.build import resolve, trust
 
+        resolve(cfg)  # interpolations (${oc.env:X}, ${now:...}) once, type-checked, before anything is written
         trust(cfg)  # before the run directory is written: only registered or trusted components
         run = _open_run(command, cfg, out_dir, overrides)
     except PtcliError as exc:
