@@ -180,7 +180,9 @@ def _validate(node: dict[str, Any], schema: type, where: str) -> None:
 def load_run_config(path: str | Path, trusted: Iterable[str] | None = None) -> DictConfig:
     """A run directory's ``config.yaml``, checked before anything in it is used: no interpolations, only
     registered (or trusted) components at component slots, every section valid against its schema."""
-    from ptcli.config import PLAIN_SECTIONS, component_schemas
+    from dataclasses import fields
+
+    from ptcli.config import LEGACY_KEYS, PLAIN_SECTIONS, component_schemas
 
     path = Path(path)
     try:
@@ -198,7 +200,15 @@ def load_run_config(path: str | Path, trusted: Iterable[str] | None = None) -> D
     for slot, schemas in registry.items():
         section = raw.get(slot)
         if isinstance(section, dict) and section.get("_target_") in schemas:
-            _validate(section, schemas[section["_target_"]], f"{where}: {slot}")
+            schema = schemas[section["_target_"]]
+            known = {f.name for f in fields(schema)}
+            # Written by an older ptcli: drop keys it wrote for every component of the slot (config.LEGACY_KEYS)
+            # that this component's schema lacks; this component never read them.
+            legacy = [k for k in section if k not in known and k in LEGACY_KEYS.get(slot, ())]
+            if legacy:
+                raw[slot] = section = {k: v for k, v in section.items() if k not in legacy}
+                cfg = OmegaConf.create(raw)
+            _validate(section, schema, f"{where}: {slot}")
         elif section is not None and not isinstance(section, dict):
             raise UsageError(f"{where}: {slot} must be a mapping, got {type(section).__name__}.")
     for name, schema in PLAIN_SECTIONS.items():

@@ -3,11 +3,38 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from ptcli.errors import UsageError
+
+
+@dataclass
+class AdamWConfig:
+    """``optim=adamw``: the arguments of ``build_adamw`` (besides the model)."""
+
+    _target_: str = "ptcli.optim.build_adamw"
+    lr: float | None = 1e-3
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    # Fine-tuning: learning rate of the freshly initialized head (null = same as lr).
+    head_lr: float | None = None
+    # Fine-tuning: layer-wise lr decay (ELECTRA, BEiT): the top block gets lr, each block below it
+    # layer_decay x the one above, the embeddings the smallest. null = one lr for the whole encoder.
+    layer_decay: float | None = None
+
+
+@dataclass
+class ScheduleConfig:
+    """``schedule=cosine|linear|constant``: the arguments of ``warmup_schedule`` (besides optimizer, steps)."""
+
+    _target_: str = "ptcli.optim.warmup_schedule"
+    decay: str = "cosine"  # cosine | linear | constant
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0
 
 
 def layer_depths(model: nn.Module) -> dict[int, int]:
@@ -27,7 +54,8 @@ def layer_depths(model: nn.Module) -> dict[int, int]:
 
 
 def build_adamw(model: nn.Module, lr: float | None, weight_decay: float, betas: list[float], eps: float,
-                head_lr: float | None = None, layer_decay: float | None = None) -> torch.optim.AdamW:
+                head_lr: float | None = AdamWConfig.head_lr,
+                layer_decay: float | None = AdamWConfig.layer_decay) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not on norms, biases or 1-d parameters).
 
     A model with a ``head`` (a classifier) gets ``head_lr`` for it: a fresh head wants a larger step
@@ -65,8 +93,9 @@ def build_adamw(model: nn.Module, lr: float | None, weight_decay: float, betas: 
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=True)
 
 
-def warmup_schedule(optimizer: torch.optim.Optimizer, total_steps: int, decay: str = "cosine",
-                    warmup_steps: int = 100, min_lr_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_schedule(optimizer: torch.optim.Optimizer, total_steps: int, decay: str = ScheduleConfig.decay,
+                    warmup_steps: int = ScheduleConfig.warmup_steps,
+                    min_lr_ratio: float = ScheduleConfig.min_lr_ratio) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup to the base lr, then cosine/linear decay to ``min_lr_ratio`` x base, or constant."""
     if decay not in ("cosine", "linear", "constant"):
         raise UsageError(f"schedule.decay must be cosine, linear or constant, got {decay!r}")

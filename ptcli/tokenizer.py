@@ -8,12 +8,28 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ptcli.errors import UsageError
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+@dataclass
+class TokenizerConfig:
+    """The ``tokenizer`` section of text runs (no component: ``build_tokenizer`` reads it)."""
+
+    kind: str = "wordpiece"  # wordpiece | bpe
+    vocab_size: int = 8192
+    lowercase: bool = True
+    min_frequency: int = 2
+    # An existing tokenizer.json (or a directory holding one) instead of training.
+    path: str | None = None
+    # Train on at most this many training documents (the first ones); null = all (with
+    # data.streaming=true: the first 100,000).
+    train_examples: int | None = None
 
 
 def _new_tokenizer(kind: str, vocab_size: int, lowercase: bool, min_frequency: int):

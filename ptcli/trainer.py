@@ -27,6 +27,33 @@ from ptcli.progress import Progress
 from ptcli.rundir import RunDir
 
 
+@dataclass
+class TrainerConfig:
+    """The ``trainer`` section (conf/trainer/*.yaml extend it): run length, batching, evaluation, checkpoints."""
+
+    max_steps: int | None = 1000
+    # Used when max_steps is null: whole passes over the training blocks.
+    max_epochs: int | None = None
+    batch_size: int = 32
+    grad_accum: int = 1
+    clip_grad: float | None = 1.0
+    log_every: int = 25
+    eval_every: int = 250
+    # Validation batches per evaluation; null = the whole validation split.
+    eval_batches: int | None = None
+    # Also write checkpoints/last every N steps (0 = only at evaluations and at the end).
+    checkpoint_every: int = 0
+    keep_last: int = 1
+    # Early stopping: stop after this many evaluations without improvement (null = never).
+    patience: int | None = None
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    strategy: str = "single"  # single | ddp | fsdp (under torchrun)
+    compile: bool = False  # torch.compile the training forward/backward
+    num_threads: int | None = None
+    progress: str = "auto"  # auto | bar | log | none
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

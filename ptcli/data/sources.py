@@ -7,10 +7,112 @@ Bad input is a ``UsageError`` that names the config key, file and columns involv
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from omegaconf import MISSING
+
 from ptcli.errors import UsageError
+
+
+# One schema per source (conf/data/<name>.yaml extends it), so a key that the chosen source does not read
+# (``data=text data.size=64``) is refused like a typo. Every source has the keys of DataSourceConfig, which
+# the recipes read whatever the data (debug=smoke sets block_size and max_train_examples for any source).
+@dataclass
+class DataSourceConfig:
+    _target_: str = MISSING
+    # Fine-tuning: stratified, seeded subsample of the training split; null = all.
+    labels_per_class: int | None = None
+    # Keep at most this many training examples (quick experiments and CI); null = all.
+    max_train_examples: int | None = None
+    # Text: tokens per packed block (pre-training, evaluation).
+    block_size: int = 128
+
+
+@dataclass
+class PydocsConfig(DataSourceConfig):
+    """``data=pydocs``: fixed train/validation/test split of the standard library's docstrings."""
+
+    _target_: str = "ptcli.data.sources.Pydocs"
+    num_labels: int = 20  # the most frequent top-level packages kept as labels
+
+
+@dataclass
+class TextSourceConfig(DataSourceConfig):
+    """The keys of the user's text sources (files, ``datasets``)."""
+
+    text_column: str = "text"
+    label_column: str = "label"
+    # Share of train held out (seeded) for validation when the source has no validation split.
+    val_fraction: float = 0.05
+    # ptcli pretrain: stream the training corpus (read -> tokenize -> pack on the fly, sharded by rank and
+    # data.num_workers, resumable) instead of loading it; memory stays flat. Needs trainer.max_steps. See
+    # ptcli/data/streaming.py.
+    streaming: bool = False
+    # Streaming: blocks shuffled together (seeded, per chunk of this many blocks); 1 = corpus order.
+    shuffle_buffer: int = 10000
+    # Streaming: validation blocks kept in memory (from the validation split, or held out from train:
+    # every round(1/val_fraction)-th document until there are this many blocks).
+    val_blocks: int = 512
+    # Streaming: data-loader worker processes that read and tokenize (0 = in the training process).
+    num_workers: int = 0
+
+
+@dataclass
+class TextFilesConfig(TextSourceConfig):
+    """``data=text``: file paths (csv, tsv, json, jsonl, parquet or txt, by extension)."""
+
+    _target_: str = "ptcli.data.sources.TextFiles"
+    train: str | None = None  # required: TextFiles refuses a run without it, saying how to set it
+    validation: str | None = None
+    test: str | None = None
+
+
+@dataclass
+class HubDatasetConfig(TextSourceConfig):
+    """``data=hf``: a ``datasets`` hub name or a local dataset directory."""
+
+    _target_: str = "ptcli.data.sources.HubDataset"
+    name: str | None = None  # required (HubDataset says so)
+    config: str | None = None
+
+
+@dataclass
+class DigitsConfig(DataSourceConfig):
+    """``data=digits``: scikit-learn's 8x8 grayscale digits, a fixed split; nothing to choose but the shared keys."""
+
+    _target_: str = "ptcli.data.sources.Digits"
+
+
+@dataclass
+class ImageFilesConfig(DataSourceConfig):
+    """``data=images``: a folder (class sub-folders or flat) or an .npz file."""
+
+    _target_: str = "ptcli.data.sources.ImageFiles"
+    path: str | None = None  # required (ImageFiles says so)
+    size: int = 32  # images are resized to size x size
+    channels: int = 1  # 1 (grayscale) or 3 (RGB)
+    on_error: str = "fail"  # fail | skip (unreadable image files)
+    # Seeded, stratified hold-outs: a tenth each, so that small folders still give every class a few
+    # validation and test images.
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+
+
+# Keys of the one flat DataConfig that served every source before each had its own schema. A run directory
+# written then carries all of them; a loaded data section drops those its source's schema lacks (the source
+# never read them, so nothing about the run changes). ptcli.build.load_run_config applies it.
+LEGACY_FLAT_KEYS = frozenset({
+    "num_labels", "train", "validation", "test", "name", "config", "text_column", "label_column", "val_fraction",
+    "test_fraction", "labels_per_class", "max_train_examples", "block_size", "streaming", "shuffle_buffer",
+    "val_blocks", "num_workers", "path", "size", "channels", "on_error",
+})
+
+SOURCE_SCHEMAS: dict[str, type[DataSourceConfig]] = {
+    "pydocs": PydocsConfig, "text": TextFilesConfig, "hf": HubDatasetConfig, "digits": DigitsConfig,
+    "images": ImageFilesConfig,
+}
 
 _NO_STREAMING = ("data.streaming=true is supported only by `ptcli pretrain` with data=text or data=hf (this run: "
                  "{}). Drop data.streaming=true (small corpora load into memory anyway), or use data=text / data=hf.")
@@ -35,9 +137,10 @@ class DataSource:
 
     def __init__(self, **options: Any) -> None:
         self.options = options
-        self.text_column: str = options.get("text_column") or "text"
-        self.label_column: str = options.get("label_column") or "label"
-        self.val_fraction: float = float(options.get("val_fraction", 0.05))
+        # A source's keys and their defaults: its schema (``*Config`` above), which Hydra passes in whole.
+        self.text_column: str = options.get("text_column") or TextSourceConfig.text_column
+        self.label_column: str = options.get("label_column") or TextSourceConfig.label_column
+        self.val_fraction: float = float(options.get("val_fraction", TextSourceConfig.val_fraction))
         self.max_train_examples: int | None = options.get("max_train_examples")
         self.seed: int = int(options.get("seed", 0))
 
@@ -96,7 +199,7 @@ class Pydocs(DataSource):
         from ptcli.data.pydocs import load_pydocs
 
         dd = load_pydocs()
-        num_labels = int(self.options.get("num_labels") or 20)
+        num_labels = int(self.options.get("num_labels") or PydocsConfig.num_labels)
         top = {p for p, _ in Counter(dd["train"]["package"]).most_common(num_labels)}
 
         def to_label(batch: dict) -> dict:
@@ -198,6 +301,9 @@ class HubDataset(DataSource):
     def _open(self, streaming: bool = False):
         import datasets
 
+        if not self.options.get("name"):
+            raise UsageError("data.name is required with data=hf: a datasets hub name or a local dataset directory, "
+                             "e.g. data.name=wikitext data.config=wikitext-2-raw-v1")
         name = str(self.options.get("name"))
         config = self.options.get("config")
         local = Path(name).expanduser()
@@ -306,9 +412,12 @@ class ImageFiles(ImageSource):
         path = self.options.get("path")
         if not path:
             raise UsageError("data.path is required with data=images: a folder of images or an .npz file.")
-        x, y, names = load_image_folder(str(path), int(self.options.get("size") or 32),
-                                        int(self.options.get("channels") or 1), str(self.options.get("on_error")))
-        fractions = (float(self.options.get("val_fraction", 0.1)), float(self.options.get("test_fraction", 0.1)))
+        opt, schema = self.options, ImageFilesConfig
+        x, y, names = load_image_folder(str(path), int(opt.get("size") or schema.size),
+                                        int(opt.get("channels") or schema.channels),
+                                        str(opt.get("on_error", schema.on_error)))
+        fractions = (float(opt.get("val_fraction", schema.val_fraction)),
+                     float(opt.get("test_fraction", schema.test_fraction)))
         if len(x) < 10:
             raise UsageError(f"data.path={path}: only {len(x)} images; need at least 10 to hold out validation "
                              "and test images.")

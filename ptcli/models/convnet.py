@@ -9,10 +9,23 @@ stage after the first, and a global average pool. ``forward`` returns pooled fea
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from ptcli.errors import UsageError
+
+
+@dataclass
+class ConvNetConfig:
+    """``model=convnet``: the defaults of ``ConvNet`` (conf/model/convnet.yaml extends it)."""
+
+    _target_: str = "ptcli.models.convnet.ConvNet"
+    in_channels: int = 1
+    width: int = 32
+    stages: int = 3
+    blocks_per_stage: int = 1
 
 
 class BasicBlock(nn.Module):
@@ -35,7 +48,8 @@ class BasicBlock(nn.Module):
 class ConvNet(nn.Module):
     modality = "image"
 
-    def __init__(self, in_channels: int = 1, width: int = 32, stages: int = 3, blocks_per_stage: int = 1) -> None:
+    def __init__(self, in_channels: int = ConvNetConfig.in_channels, width: int = ConvNetConfig.width,
+                 stages: int = ConvNetConfig.stages, blocks_per_stage: int = ConvNetConfig.blocks_per_stage) -> None:
         super().__init__()
         for key, value in (("in_channels", in_channels), ("width", width), ("stages", stages),
                            ("blocks_per_stage", blocks_per_stage)):

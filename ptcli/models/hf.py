@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from omegaconf import MISSING
 from torch import nn
 
 from ptcli.errors import UsageError
@@ -62,10 +64,23 @@ def _base_kwargs(config: Any) -> dict[str, Any]:
     return {"add_pooling_layer": False} if config.model_type in ("bert", "roberta") else {}
 
 
+@dataclass
+class HFEncoderConfig:
+    """``pretrained=hf:...`` / ``init_from=hf:...``: written by the recipe, never chosen with ``model=``."""
+
+    _target_: str = "ptcli.models.hf.HFEncoder"
+    path: str = MISSING
+    max_len: int = 128
+    random_init: bool = False
+    # init_from=hf:NAME: the checkpoint the run started from (``path`` is the run's own hf_model/ copy).
+    source: str | None = None
+
+
 class HFEncoder(nn.Module):
     modality = "text"
 
-    def __init__(self, path: str, max_len: int = 128, random_init: bool = False, model: nn.Module | None = None,
+    def __init__(self, path: str, max_len: int = HFEncoderConfig.max_len,
+                 random_init: bool = HFEncoderConfig.random_init, model: nn.Module | None = None,
                  **_: Any) -> None:
         super().__init__()
         transformers = _transformers()

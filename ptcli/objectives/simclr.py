@@ -6,12 +6,29 @@ representation before the head transfers better than the one after it, SimCLR se
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ptcli.augment import DEFAULT_SMALL_IMAGE_OPS, Augment
 from ptcli.errors import UsageError
+
+
+@dataclass
+class SimCLRConfig:
+    """``objective=simclr``: the defaults of ``SimCLR`` (conf/objective/simclr.yaml extends it)."""
+
+    _target_: str = "ptcli.objectives.simclr.SimCLR"
+    # Ordered augmentation ops applied batched on tensors (ptcli/augment.py); null or [] = these defaults
+    # for small images.
+    augment: list[Any] | None = field(default_factory=lambda: copy.deepcopy(DEFAULT_SMALL_IMAGE_OPS))
+    proj_dim: int = 128
+    proj_hidden: int = 256
+    temperature: float = 0.2
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -32,8 +49,9 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
 class SimCLR(nn.Module):
     """Encoder + projection head (Linear-BN-ReLU-Linear) trained with NT-Xent on two augmented views."""
 
-    def __init__(self, encoder: nn.Module, augment: list[dict] | None = None, proj_dim: int = 128,
-                 proj_hidden: int = 256, temperature: float = 0.2) -> None:
+    def __init__(self, encoder: nn.Module, augment: list[dict] | None = None,
+                 proj_dim: int = SimCLRConfig.proj_dim, proj_hidden: int = SimCLRConfig.proj_hidden,
+                 temperature: float = SimCLRConfig.temperature) -> None:
         super().__init__()
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
             raise UsageError(f"objective.temperature must be a positive number (0.1-0.5 is usual), got {temperature!r}")

@@ -118,7 +118,8 @@ def _evaluate_classifier(target: RunDir, tcfg: DictConfig, data_cfg: DictConfig,
     split = _eval_split(splits)
     ds = splits[split]
     if "label" not in ds.column_names:
-        raise UsageError(f"the {split} data has no label column '{data_cfg.label_column}'; set data.label_column.")
+        column = data_cfg.get("label_column", "label")  # pydocs has no such key
+        raise UsageError(f"the {split} data has no label column '{column}'; set data.label_column.")
     ds = ds.filter(lambda b: [v is not None for v in b["label"]], batched=True)
     y = labels.encode(ds["label"], f"data.label_column [{split}]")
     seqs = tokenize_texts(ds, tok, int(tcfg.model.max_len), f"data {split} split")

@@ -105,7 +105,7 @@ def load_pretrained(path: str, overrides: list[str], trusted: Any = ()) -> tuple
 
 def load_labeled_splits(cfg: DictConfig, run: RunDir) -> tuple[dict[str, Any], LabelMap]:
     splits = instantiate(cfg.data, "data", seed=cfg.seed).load()
-    where = f"data.label_column='{cfg.data.label_column}'"
+    where = f"data.label_column='{cfg.data.get('label_column', 'label')}'"  # pydocs has no such key
     if "label" not in splits["train"].column_names:
         raise UsageError(f"{where}: the training data has no label column; columns are "
                          f"{', '.join(splits['train'].column_names)}. Set data.label_column=<column>.")
@@ -219,8 +219,7 @@ def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
         if source is not None and not chose_data and is_image_run(src_cfg):
             # Fine-tune on the pre-training images' labels unless told otherwise (data=...).
             budget = cfg.data.labels_per_class
-            for key, value in src_cfg.data.items():
-                cfg.data[key] = value
+            cfg.data = src_cfg.data  # its own source's schema, not the composed one's
             cfg.data.labels_per_class = budget
             run.write_text("config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         return finetune_images(cfg, run, source, device)
