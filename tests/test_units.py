@@ -153,7 +153,7 @@ def test_unsafe_targets_are_refused_before_import(tmp_path):
     assert not marker.exists()
     with pytest.raises(UsageError):
         check_targets(OmegaConf.create({"a": [{"_target_": "ptcli.__class__"}]}))
-    check_targets(OmegaConf.create({"m": {"_target_": "ptcli.models.transformer.TransformerEncoder"}}))
+    check_targets(OmegaConf.create({"model": {"_target_": "ptcli.models.transformer.TransformerEncoder"}}))
 
 
 def test_checkpoint_recovers_from_kill_between_renames(tmp_path):
