@@ -1,12 +1,17 @@
-"""Shared fixtures: offline, isolated caches, and a helper that runs the real CLI in a subprocess."""
+"""Shared fixtures: offline, isolated caches, and a helper that runs the real CLI (in this process by default)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import json
+import logging
 import os
+import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from types import ModuleType
 
@@ -64,27 +69,127 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 class Result:
-    def __init__(self, proc: subprocess.CompletedProcess) -> None:
-        self.code, self.stdout, self.stderr = proc.returncode, proc.stdout, proc.stderr
+    def __init__(self, code: int | None, stdout: str, stderr: str) -> None:
+        self.code, self.stdout, self.stderr = code, stdout, stderr
 
     def __repr__(self) -> str:
         return f"exit {self.code}\n--- stdout\n{self.stdout[-3000:]}\n--- stderr\n{self.stderr[-8000:]}"
 
 
+# Environment variables that libraries read once, at import (huggingface_hub/datasets' offline flags), or that
+# only a new interpreter honours (PYTHONPATH, PATH): a run that changes them needs its own process.
+PROCESS_ENV = ("PYTHONPATH", "PATH", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def needs_process(args: tuple[str, ...], env: dict | None) -> bool:
+    """What only a real process shows: start-up (--help, no verb), sweeps whose launcher starts processes,
+    environment read at import."""
+    if not args or any(a in ("-h", "--help") for a in args):
+        return True
+    if any(a.startswith("hydra/launcher=") and a.split("=", 1)[1] not in ("", "basic") for a in args):
+        return True
+    return any(k in PROCESS_ENV and os.environ.get(k) != v for k, v in (env or {}).items())
+
+
+class _Timeout(BaseException):
+    """Raised by SIGALRM in an in-process run that takes longer than its timeout (never caught by ptcli)."""
+
+
+def _reset_command_state() -> None:
+    # What one CLI invocation records for itself in module globals (a fresh process starts without it):
+    # the launcher's state, and the sweep a previous multirun recorded (read by a later --cfg run otherwise).
+    from ptcli import sweeps, tasks
+
+    tasks.STATE.reset(command="", json_out=False)
+    sweeps.SWEEP.reset()
+
+
+def run_in_process(args: tuple[str, ...], cwd: Path | None, env: dict, timeout: int) -> Result:
+    """``ptcli ARGS`` through the real entry point (``ptcli.cli.main``) in this process, as the subprocess would
+    run it: stdout/stderr captured, the exit code from SystemExit, cwd and environment applied. Everything a
+    run may change in the process (cwd, environment, argv, torch threads, signal handlers, logging, warnings
+    filters, Hydra's singleton, ptcli's per-command state) is put back afterwards, so runs do not leak into
+    each other. The same test gives the same result in a subprocess (tests/test_fuzz.py compares them)."""
+    import torch
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ptcli import build, cli
+
+    root = logging.getLogger()
+    saved = (os.getcwd(), dict(os.environ), sys.argv, torch.get_num_threads(),
+             {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)},
+             list(root.handlers), root.level, getattr(build, "TRUSTED", ()))
+    out, err = io.StringIO(), io.StringIO()
+    code: int | None = None
+
+    def on_alarm(signum, frame):
+        raise _Timeout(f"ptcli {' '.join(args)} ran longer than {timeout} s")
+
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv = ["ptcli", *args]
+    _reset_command_state()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        signal.signal(signal.SIGALRM, on_alarm)
+        signal.alarm(timeout)
+        # A fresh process's warning filters, so a warning shows on stderr each run (pytest records them otherwise).
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            warnings.resetwarnings()
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            warnings.showwarning = lambda msg, cat, fn, ln, file=None, line=None: sys.stderr.write(
+                warnings.formatwarning(msg, cat, fn, ln, line))
+            try:
+                cli.main()
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+                if not isinstance(exc.code, (int, type(None))):
+                    print(exc.code, file=sys.stderr)
+    finally:
+        signal.alarm(0)
+        cwd0, env0, sys.argv, threads, handlers, log_handlers, level, trusted = saved
+        build.TRUSTED = trusted
+        os.chdir(cwd0)
+        os.environ.clear()
+        os.environ.update(env0)
+        torch.set_num_threads(threads)
+        for s, h in handlers.items():
+            signal.signal(s, h)
+        for h in root.handlers:
+            if h not in log_handlers:  # Hydra's job log file and console handlers
+                h.close()
+        root.handlers[:] = log_handlers
+        root.setLevel(level)
+        GlobalHydra.instance().clear()
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def run_subprocess(args: tuple[str, ...], cwd: Path | None, env: dict, timeout: int,
+                   nproc: int | None = None) -> Result:
+    # nproc: under torchrun (the real launcher; --standalone picks a free rendezvous port)
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc else []
+    proc = subprocess.run([sys.executable, *launcher, "-m", "ptcli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
 @pytest.fixture(scope="session")
 def ptcli(cache_dir):
-    """Run ``python -m ptcli ARGS`` (the real entry point) and return exit code and output."""
+    """Run ``ptcli ARGS`` (the real entry point) and return exit code and output: in this process (seconds of
+    imports saved per call), or in a real subprocess where only a process shows the behaviour (``nproc``,
+    ``subprocess=True``, ``needs_process``)."""
 
     def run(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300,
-            nproc: int | None = None) -> Result:
+            nproc: int | None = None, subprocess: bool = False) -> Result:
         full_env = {**os.environ, **OFFLINE, "PTCLI_CACHE": str(cache_dir / "ptcli"),
                     "HF_DATASETS_CACHE": str(cache_dir / "hf"), **(env or {})}
         full_env.pop("PTCLI_DEBUG", None)
-        # nproc: under torchrun (the real launcher; --standalone picks a free rendezvous port)
-        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc else []
-        proc = subprocess.run([sys.executable, *launcher, "-m", "ptcli", *args], capture_output=True, text=True,
-                              cwd=cwd, env=full_env, timeout=timeout)
-        return Result(proc)
+        if nproc or subprocess or os.environ.get("PTCLI_TEST_SUBPROCESS") or needs_process(args, env):
+            return run_subprocess(args, cwd, full_env, timeout, nproc)
+        return run_in_process(args, cwd, full_env, timeout)
 
     return run
 

@@ -48,7 +48,7 @@ def test_in_process_matches_a_real_process(ptcli, workspace, tmp_path, case):
             fuzz_cli.garble(workspace.text_run, tmp_path / "runs" / f"r{i}", how)
         argv = ["runs", str(tmp_path / "runs"), "--json"]
     inproc = fuzz_cli.run_inprocess(argv)
-    real = ptcli(*argv)
+    real = ptcli(*argv, subprocess=True)
     assert inproc.escaped is None, inproc.escaped
     assert inproc.code == real.code, (inproc.stderr, real)
     errors = [[ln for ln in text.splitlines() if ln.startswith("ptcli: error:")]

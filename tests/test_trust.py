@@ -205,7 +205,8 @@ def test_cli_exit_code_in_a_subprocess(ptcli, smoke_pretrain, tmp_path):
     sentinel = tmp_path / "SENTINEL"
     edit, _ = _payloads(sentinel, tmp_path)["os-system"]
     run = _tampered(smoke_pretrain, tmp_path / "bad", edit)
-    r = ptcli("evaluate", str(run), f"hydra.run.dir={tmp_path / 'out'}", env={"PTCLI_TEST_SECRET": SECRET})
+    r = ptcli("evaluate", str(run), f"hydra.run.dir={tmp_path / 'out'}", env={"PTCLI_TEST_SECRET": SECRET},
+              subprocess=True)
     assert r.code == 2, r
     assert "ptcli: error:" in r.stderr and "objective._target_" in r.stderr and "Traceback" not in r.stderr
     assert not sentinel.exists()
