@@ -220,6 +220,12 @@ def load_run_config(path: str | Path, trusted: Iterable[str] | None = None) -> D
     return cfg
 
 
+def run_config(run: Any, trusted: Iterable[str] | None = ()) -> DictConfig:
+    """A run directory's ``config.yaml`` (``run``: a ``RunDir``), checked as untrusted input: the directory may
+    come from anyone. ``trusted``: packages besides ptcli whose components it may name."""
+    return load_run_config(Path(run.path) / "config.yaml", trusted_packages(trusted))
+
+
 def instantiate(node: DictConfig, where: str, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` of one component section, after checking its ``_target_``.
 
@@ -236,3 +242,34 @@ def instantiate(node: DictConfig, where: str, **kwargs: Any) -> Any:
         if isinstance(cause, UsageError):
             raise cause from None
         raise UsageError(f"{where}: cannot build {node.get('_target_')}: {exc}") from exc
+
+
+def component_class(node: Any, slot: str) -> type:
+    """The class a component section names, checked as ``instantiate`` checks it, without building it: what a
+    component declares about itself (``modality``, ...) is read from its class, never from the target's text."""
+    from hydra.utils import get_class
+
+    check_component(node, slot, slot)
+    target = _container(node)["_target_"]
+    try:
+        return get_class(target)
+    except Exception as exc:  # a trusted package that is not installed, or a target that is no class
+        raise UsageError(f"{slot}._target_ = '{target}': cannot import it ({' '.join(str(exc).split())[:200]}). "
+                         "Install the package that provides it, or fix the name.") from None
+
+
+def run_modality(cfg: DictConfig) -> str:
+    """What a run works on (``"text"`` | ``"image"``), as its model class declares; its objective must agree."""
+    model_cls = component_class(cfg.model, "model")
+    kind = getattr(model_cls, "modality", None)
+    if kind not in ("text", "image"):
+        raise UsageError(f"model._target_ = '{cfg.model._target_}' declares no modality: give the class "
+                         "modality = 'text' or 'image' (README: Extending ptcli).")
+    if cfg.get("objective") is not None:
+        objective_cls = component_class(cfg.objective, "objective")
+        wants = getattr(objective_cls, "modality", None)
+        if wants != kind:
+            raise UsageError(f"objective={cfg.objective._target_} is for {wants} models, but model="
+                             f"{cfg.model._target_} is a {kind} model; pick an objective for {kind} "
+                             f"({'objective=mlm' if kind == 'text' else 'objective=simclr'}).")
+    return kind

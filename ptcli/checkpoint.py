@@ -163,6 +163,26 @@ def load_into(model: nn.Module, path: Path, strict: bool = True, prefix: str = "
     return list(result.missing_keys)
 
 
+def trained_checkpoint(run: Any, what: str = "") -> Path:
+    """The checkpoint a finished run is used by (evaluate, fine-tune, embed, export): ``best``, else ``last`` (a
+    run stopped before its first evaluation). ``what`` names the use in the error, e.g. ``pretrained=RUN``."""
+    for name in ("best", "last"):
+        if is_complete(run.checkpoints / name):
+            return run.checkpoints / name
+    raise UsageError(f"{what or run.path}: no complete checkpoint in {run.checkpoints} (checkpoints/best or "
+                     f"checkpoints/last; run status: {run.manifest.get('status')}).")
+
+
+def pretrained_checkpoint(cfg: Any, run: Any, source: Any) -> Path | None:
+    """The checkpoint of the pretrain run ``source`` whose encoder a fine-tune ``run`` starts from
+    (``init=pretrained``, not resumed), recorded in ``run.json``; None: the encoder keeps its initial weights."""
+    if source is None or cfg.init != "pretrained" or cfg.resume:
+        return None
+    ckpt = trained_checkpoint(source, f"pretrained={source.path}")
+    run.update(pretrained={"run": str(source.path), "checkpoint": str(ckpt)})
+    return ckpt
+
+
 def resume_checkpoint(run: Any) -> Path:
     """``checkpoints/last`` of a run being resumed, which must be complete."""
     path = run.checkpoints / "last"

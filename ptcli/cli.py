@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -107,8 +108,7 @@ def _guarded(fn: Callable[[], int | None]) -> int:
         typer.echo("ptcli: interrupted", err=True)
         return 130
     except Exception as exc:
-        from ptcli.errors import internal_error_message
-        from ptcli.launch import debug_enabled
+        from ptcli.errors import debug_enabled, internal_error_message
 
         if debug_enabled():
             import traceback
@@ -132,38 +132,31 @@ def _hydra(command: str, ctx: typer.Context, overrides: list[str] | None, json_o
     raise typer.Exit(_guarded(lambda: launch(command, args, json_out=json_out)))
 
 
-@app.command(context_settings=PASSTHROUGH, epilog=HYDRA_HELP)
-def pretrain(
-    ctx: typer.Context,
-    overrides: list[str] | None = typer.Argument(
-        None, help="Hydra overrides, e.g. model.dim=128 trainer.max_steps=500", autocompletion=complete_overrides
-    ),
-    json_out: bool = JsonOpt,
-) -> None:
-    """Pre-train an encoder on unlabeled data (default: a transformer, MLM, on Python's docstrings)."""
-    _hydra("pretrain", ctx, overrides, json_out)
+def _overrides(example: str) -> Any:
+    """The OVERRIDES argument of a training verb, with an example in its help."""
+    return typer.Argument(None, help=f"Hydra overrides, e.g. {example}", autocompletion=complete_overrides)
 
 
-@app.command(context_settings=PASSTHROUGH, epilog=HYDRA_HELP)
-def finetune(
-    ctx: typer.Context,
-    overrides: list[str] | None = typer.Argument(
-        None, help="Hydra overrides, e.g. pretrained=outputs/pretrain/... data.labels_per_class=16",
-        autocompletion=complete_overrides,
-    ),
-    json_out: bool = JsonOpt,
-) -> None:
-    """Train a classifier on labeled data, from a pretrain run (pretrained=RUN_DIR) or random init."""
-    _hydra("finetune", ctx, overrides, json_out)
+def _training_verb(command: str, example: str, doc: str) -> None:
+    """Register ``ptcli COMMAND [OVERRIDES]...`` (pretrain, finetune: the same options, a different config)."""
+    def verb(ctx: typer.Context, overrides: list[str] | None = _overrides(example), json_out: bool = JsonOpt) -> None:
+        _hydra(command, ctx, overrides, json_out)
+
+    verb.__doc__ = doc
+    app.command(command, context_settings=PASSTHROUGH, epilog=HYDRA_HELP)(verb)
+
+
+_training_verb("pretrain", "model.dim=128 trainer.max_steps=500",
+               "Pre-train an encoder on unlabeled data (default: a transformer, MLM, on Python's docstrings).")
+_training_verb("finetune", "pretrained=outputs/pretrain/... data.labels_per_class=16",
+               "Train a classifier on labeled data, from a pretrain run (pretrained=RUN_DIR) or random init.")
 
 
 @app.command(context_settings=PASSTHROUGH, epilog=HYDRA_HELP)
 def evaluate(
     ctx: typer.Context,
     run_dir: Path = typer.Argument(..., help="A finished run directory."),
-    overrides: list[str] | None = typer.Argument(
-        None, help="Hydra overrides, e.g. data=text data.test=test.csv", autocompletion=complete_overrides
-    ),
+    overrides: list[str] | None = _overrides("data=text data.test=test.csv"),
     json_out: bool = JsonOpt,
 ) -> None:
     """Score a finished run on held-out data (the test split unless overrides point elsewhere)."""

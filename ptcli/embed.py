@@ -17,17 +17,14 @@ from ptcli.errors import UsageError
 
 
 def _encoder(run_dir: Path):
-    from ptcli.build import instantiate
-    from ptcli.checkpoint import is_complete, load_into
-    from ptcli.recipes.pretrain import is_image_run
+    from ptcli.build import instantiate, run_config, run_modality
+    from ptcli.checkpoint import load_into, trained_checkpoint
     from ptcli.rundir import RunDir
 
     run = RunDir.load(run_dir)
-    cfg = run.config()  # trusted packages: PTCLI_TRUSTED_PACKAGES
-    ckpt = next((run.checkpoints / n for n in ("best", "last") if is_complete(run.checkpoints / n)), None)
-    if ckpt is None:
-        raise UsageError(f"{run.path}: no complete checkpoint to embed with.")
-    if is_image_run(cfg):
+    cfg = run_config(run)  # trusted packages: PTCLI_TRUSTED_PACKAGES
+    ckpt = trained_checkpoint(run)
+    if run_modality(cfg) == "image":
         encoder, tok = instantiate(cfg.model, "model"), None
     else:
         from ptcli.tokenizer import load_tokenizer
@@ -69,27 +66,20 @@ def embed(run_dir: Path, input_path: Path, out: Path, text_column: str = "text",
             x, _, _ = load_image_folder(str(input_path), int(cfg.data.get("size") or 8), int(cfg.model.in_channels))
         feats = torch.cat([encoder(x[i : i + 512]).float() for i in range(0, len(x), 512)])
     else:
-        from ptcli.data.sources import FORMATS, TextFiles
+        from ptcli.data.sources import TextFiles
         from ptcli.data.text import pad_batch, tokenize_texts
+        from ptcli.models.classifier import masked_mean
         from ptcli.tokenizer import special_ids
 
-        if not input_path.is_file():
-            raise UsageError(f"--input: '{input_path}' is not a file; this is a text run, so pass a "
-                             f"{', '.join(sorted(FORMATS))} file.")
-        if input_path.suffix.lower() not in FORMATS:
-            raise UsageError(f"--input: cannot tell the format of '{input_path}' from its extension "
-                             f"'{input_path.suffix}'. Use one of: {', '.join(sorted(FORMATS))}.")
-        with _as_option("--input"):
-            ds = TextFiles(train=str(input_path), text_column=text_column, label_column="\0")._read("input",
-                                                                                                  input_path)
+        with _as_option("--input"):  # (the checks of data=text's files: exists, is a file, a known format)
+            files = TextFiles(train=str(input_path), text_column=text_column, label_column="\0")
+            ds = files._read("input", files._files()["train"])
         seqs = tokenize_texts(ds, tok, int(cfg.model.max_len), "--input")
         pad = special_ids(tok)["pad"]
         chunks = []
         for i in range(0, len(seqs), batch_size):
             ids, mask = pad_batch(seqs[i : i + batch_size], pad)
-            hidden = encoder(ids, mask)
-            m = mask.unsqueeze(-1).to(hidden.dtype)
-            chunks.append(((hidden * m).sum(1) / m.sum(1).clamp(min=1)).float())
+            chunks.append(masked_mean(encoder(ids, mask), mask).float())
         feats = torch.cat(chunks)
     arr = feats.numpy().astype(np.float32)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def debug_enabled() -> bool:
+    """``PTCLI_DEBUG=1``: tracebacks for every error, and libraries' own progress output left on."""
+    import os
+
+    return os.environ.get("PTCLI_DEBUG", "") not in ("", "0", "false")
+
+
 class PtcliError(Exception):
     exit_code = 1
 
@@ -72,7 +79,7 @@ def save_traceback(exc: BaseException, run_dir: str | Path | None = None) -> Pat
     if run_dir is not None and Path(run_dir).is_dir():
         candidates.append(Path(run_dir) / "traceback.txt")
     try:
-        from ptcli.data.cache import cache_root
+        from ptcli.cache import cache_root
 
         candidates.append(cache_root() / "errors" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt")
     except OSError:

@@ -18,8 +18,6 @@ import torch
 
 from ptcli.errors import UsageError
 
-HF_ENCODER = "ptcli.models.hf.HFEncoder"
-
 
 def esm_state_dict(weights: dict[str, torch.Tensor], template: dict[str, torch.Tensor],
                    layers: int) -> dict[str, torch.Tensor]:
@@ -84,29 +82,30 @@ def _check_out(out: Path, force: bool) -> None:
 
 
 def export_hf(run_dir: Path, out: Path, force: bool = False) -> Path:
-    from ptcli.checkpoint import is_complete, load_weights
+    from ptcli.build import component_class, run_config
+    from ptcli.checkpoint import load_weights, trained_checkpoint
     from ptcli.models.hf import _transformers
-    from ptcli.recipes.pretrain import is_image_run
     from ptcli.rundir import RunDir
 
     _check_out(out, force)  # before anything is loaded: a refusal costs nothing
     run = RunDir.load(run_dir)
-    cfg = run.config()  # trusted packages: PTCLI_TRUSTED_PACKAGES
+    cfg = run_config(run)  # trusted packages: PTCLI_TRUSTED_PACKAGES
     command = run.manifest.get("command")
-    if command not in ("pretrain", "finetune") or is_image_run(cfg):
+    model_cls = component_class(cfg.model, "model")
+    how = getattr(model_cls, "hf_export", None)  # declared by the model: "esm" | "native" | None
+    if command not in ("pretrain", "finetune") or how is None:
+        kind = getattr(model_cls, "modality", "")
         raise UsageError(f"{run.path}: export --format hf takes a text pretrain (MLM) or fine-tune run; this is "
-                         f"{'an image' if is_image_run(cfg) else 'a'} {command} run.")
+                         f"{'an image' if kind == 'image' else 'a'} {command} run.")
     if command == "finetune" and cfg.get("pooling", "mean") != "cls":
         raise UsageError(f"{run.path}: this fine-tune run mean-pools its tokens, which no transformers "
                          "*ForSequenceClassification computes. Fine-tune with pooling=cls to export it, or export "
                          "the pretrain run (ptcli embed gives mean-pooled embeddings of this one).")
-    ckpt = next((run.checkpoints / n for n in ("best", "last") if is_complete(run.checkpoints / n)), None)
-    if ckpt is None:
-        raise UsageError(f"{run.path}: no complete checkpoint to export.")
+    ckpt = trained_checkpoint(run)
     weights = load_weights(ckpt)
     transformers = _transformers()
     try:
-        if cfg.model._target_ == HF_ENCODER:
+        if how == "native":
             model, tok = _native(transformers, cfg, run, weights, command)
         else:
             model, tok = _esm(transformers, cfg, run, weights, command)

@@ -14,17 +14,13 @@ import re
 import sys
 from pathlib import Path
 
-from ptcli.errors import PtcliError, UsageError
+from ptcli.errors import PtcliError, UsageError, debug_enabled
 
 
 def conf_dir() -> Path:
     here = Path(__file__).resolve().parent
     packaged = here / "conf"  # wheel install: conf/ ships as ptcli/conf
     return packaged if packaged.is_dir() else here.parent / "conf"
-
-
-def debug_enabled() -> bool:
-    return os.environ.get("PTCLI_DEBUG", "") not in ("", "0", "false")
 
 
 def launch(command: str, args: list[str], json_out: bool = False) -> int:
@@ -164,6 +160,8 @@ def _summarize_sweep(results: list[dict], json_out: bool, sweep_dir: Path | None
             print(f"ptcli: warning: the sweeper's direction is {best['direction']}, but {best['metric']} "
                   f"should be {natural_direction(best['metric'])}d: set hydra.sweeper.direction", file=sys.stderr)
     if json_out:
+        from ptcli.tasks import print_json
+
         print_json(summary)
 
 
@@ -300,27 +298,9 @@ def _quiet_libraries() -> None:
 
 
 def _report(exc: BaseException, cause: BaseException | None = None, run_dir: str | Path | None = None) -> None:
-    """One paragraph on stderr. ptcli's own errors are the user's to act on; any other exception is a bug,
-    reported as an internal error with its traceback saved (in the current run's directory when there is one)."""
-    if debug_enabled():
-        import traceback
+    from ptcli.tasks import report_error
 
-        traceback.print_exception(cause or exc, file=sys.stderr)
-    if isinstance(exc, PtcliError) or _out_of_memory(exc):
-        print(f"ptcli: error: {exc}", file=sys.stderr)
-        return
-    from ptcli.errors import is_config_error
-
-    if is_config_error(exc):  # a config the schema let through but the run could not use (e.g. ~seed)
-        print(f"ptcli: error: config: {' '.join(str(exc).split())}. Check the overrides that set or delete it.",
-              file=sys.stderr)
-        return
-    from ptcli import tasks
-    from ptcli.errors import internal_error_message
-
-    if run_dir is None and tasks.STATE.started and tasks.STATE.results:
-        run_dir = tasks.STATE.results[-1].get("run_dir")  # the job that raised (jobs run one at a time here)
-    print(internal_error_message(exc, run_dir), file=sys.stderr)
+    report_error(exc, cause, run_dir)
 
 
 # Hydra's own flags (``hydra/_internal/utils.py: get_args_parser``); the ones in VALUED take a value.
@@ -340,11 +320,6 @@ def _check_flags(args: list[str]) -> None:
             raise UsageError(f"unknown option '{arg}'. Options: --json and Hydra's {', '.join(sorted(HYDRA_FLAGS))}; "
                              "overrides are key=value (ptcli pretrain --help).")
         after_flag = name in VALUED and "=" not in arg and not after_flag
-
-
-def _out_of_memory(exc: BaseException) -> bool:
-    # Running out of memory is the run's failure (a smaller batch or model fixes it), not a bug.
-    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
 
 
 def _explain_config_error(exc: BaseException, command: str, args: list[str]) -> str:
@@ -390,8 +365,3 @@ def _keys_at(command: str, args: list[str], parent: str) -> list[str]:
         return list(node.keys()) if isinstance(node, DictConfig) else []
     except Exception:
         return []
-
-
-def print_json(metrics: dict) -> None:
-    sys.stdout.write(json.dumps(metrics, sort_keys=True) + "\n")
-    sys.stdout.flush()

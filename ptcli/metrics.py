@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import Any
+
 import numpy as np
 
 
@@ -38,3 +41,34 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray, names: list[st
         "confusion": cm.tolist(),
         "labels": list(names),
     }
+
+
+def score_logits(logits: Any, y: Any, names: list[str]) -> dict:
+    """The classification report of ``logits [N, classes]`` against labels ``y [N]`` (torch or numpy), with
+    the cross-entropy ``loss``."""
+    import torch
+    import torch.nn.functional as F
+
+    logits, y = torch.as_tensor(logits).float(), torch.as_tensor(y).long()
+    report = classification_report(y.numpy(), logits.argmax(-1).numpy(), names)
+    report["loss"] = float(F.cross_entropy(logits, y))
+    return report
+
+
+def score_best(run: Any, model: Any, splits: Iterable[str], score: Callable[[str], dict]) -> dict[str, float]:
+    """A fine-tune's final metrics: its best checkpoint scored on ``splits`` (``score(split)`` gives the report);
+    the test report is saved as ``test_report.json``."""
+    import json
+
+    from ptcli import distributed as dist
+    from ptcli.checkpoint import load_weights
+
+    dist.load_full_model_state(model, load_weights(run.checkpoints / "best"))
+    model.eval()
+    metrics: dict[str, float] = {}
+    for split in splits:
+        report = score(split)
+        metrics.update(split_metrics(report, split))
+        if split == "test":
+            run.write_text("test_report.json", json.dumps(report, indent=2) + "\n")
+    return metrics

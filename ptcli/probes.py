@@ -108,3 +108,34 @@ def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
     with torch.no_grad():
         z = (test_feats.detach().float().to(x.device) - mean) / std
         return (z @ weight.t() + bias).argmax(1)
+
+
+@torch.no_grad()
+def features(encoder: torch.nn.Module, x: torch.Tensor, device: torch.device, batch: int = 512) -> torch.Tensor:
+    """A frozen encoder's features of ``x``, on the CPU (the encoder's train/eval mode is restored)."""
+    was_training = encoder.training
+    encoder.eval()
+    out = torch.cat([encoder(x[i : i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)])
+    encoder.train(was_training)
+    return out
+
+
+def knn_accuracy(encoder: torch.nn.Module, train: tuple, test: tuple, num_classes: int,
+                 device: torch.device) -> float:
+    """Accuracy of the kNN probe (``PROTOCOLS["knn"]``) on ``test = (x, y)``, neighbours from ``train``."""
+    p = PROTOCOLS["knn"]
+    pred = knn_classify(features(encoder, train[0], device), train[1], features(encoder, test[0], device),
+                        num_classes, k=p["k"], temperature=p["temperature"])
+    return float((pred == test[1]).float().mean())
+
+
+def linear_probe_accuracy(encoder: torch.nn.Module, train: tuple, test: tuple, num_classes: int,
+                          device: torch.device) -> float:
+    """Accuracy of the linear probe (``PROTOCOLS["linear"]``) fit on ``train``, on ``test``."""
+    p = PROTOCOLS["linear"]
+    pred = linear_probe(features(encoder, train[0], device), train[1], features(encoder, test[0], device),
+                        num_classes, epochs=p["epochs"], lr=p["lr"], weight_decay=p["weight_decay"], seed=p["seed"])
+    return float((pred == test[1]).float().mean())
+
+
+PROBES = {"knn": knn_accuracy, "linear": linear_probe_accuracy}  # what an objective's ``probes`` may name

@@ -195,12 +195,7 @@ def _plot_label_efficiency(groups: list[Group], path: Path) -> bool:
     ax.set_xlabel("labels per class")
     ax.set_ylabel("test accuracy (mean ± std over seeds)")
     ax.set_title("Label efficiency")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(fig, [ax], path, legend_size=7, dpi=120)
 
 
 def _plot_curves(runs: list[Run], path: Path, limit: int = 12) -> bool:
@@ -231,11 +226,18 @@ def _plot_curves(runs: list[Run], path: Path, limit: int = 12) -> bool:
         return False
     ax_loss.set(xlabel="step", ylabel="train loss", title="Training loss")
     ax_val.set(xlabel="step", ylabel="validation metric", title="Validation")
-    for ax in (ax_loss, ax_val):
+    return _save(fig, [ax_loss, ax_val], path, legend_size=6, dpi=110)
+
+
+def _save(fig: Any, axes: list[Any], path: Path, legend_size: int, dpi: int) -> bool:
+    """Grid and legend on ``axes``, then write the figure to ``path`` and free it."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=legend_size)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return True
 

@@ -327,6 +327,8 @@ def _clean(value: Any) -> Any:
     return value
 
 
+# The keys a resume may change. Keys a run derives (ptcli.runconfig.DERIVED) are derived again, or adopted from the
+# run (RESUME_ADOPTS), before the run directory is opened: a resumed config compares equal to the stored one.
 RESUMABLE_CHANGES = {"resume", "trainer.max_steps", "trainer.progress", "trainer.device", "trainer.num_threads"}
 
 
@@ -345,17 +347,21 @@ def _get(d: Any, dotted: str) -> Any:
     return d
 
 
-def adopt_derived(cfg: DictConfig, old: dict[str, Any], new: dict[str, Any], changed: list[str]) -> list[str]:
-    """On resume, values the recipe derived at the start (the architecture of ``pretrained=``/``init_from=``,
-    the default fine-tuning lr) are not user changes: put the run's back into ``cfg``; return those keys."""
-    from_elsewhere = bool(new.get("pretrained") or new.get("init_from"))
-    derived = [k for k in changed if (k.split(".")[0] == "model" and from_elsewhere)
-               or (k == "optim.lr" and (new.get("optim") or {}).get("lr") is None)]
-    if any(k.split(".")[0] == "model" for k in derived):
-        cfg.model = old["model"]
-    if "optim.lr" in derived:
-        cfg.optim.lr = old["optim"]["lr"]
-    return derived
+def _stored_config(path: Path) -> dict[str, Any]:
+    """The run's ``config.yaml`` as plain data, to compare a resumed config with: nothing in it is resolved or
+    used (the task checked it with ``ptcli.build.load_run_config`` before; ``ptcli.build.run_config`` loads
+    a run's config for use)."""
+    from ptcli.errors import UsageError
+
+    try:
+        stored = OmegaConf.to_container(OmegaConf.load(path / "config.yaml"), resolve=False)
+    except Exception as exc:  # yaml's and OmegaConf's errors have no common base
+        raise UsageError(f"cannot read '{path / 'config.yaml'}': {' '.join(str(exc).split())[:300]}. The run "
+                         "directory is damaged.") from None
+    if not isinstance(stored, dict):
+        raise UsageError(f"'{path / 'config.yaml'}' is not a mapping of config sections; the run directory is "
+                         "damaged.")
+    return stored
 
 
 class RunDir:
@@ -377,10 +383,6 @@ class RunDir:
         """A non-zero rank's view of the run that rank 0 started or resumed (with the same config)."""
         run = cls.load(path)
         run.writable = False
-        if cfg.get("resume"):
-            old = OmegaConf.to_container(run.config(cfg.get("trusted_packages")), resolve=True)
-            new = OmegaConf.to_container(cfg, resolve=True)
-            adopt_derived(cfg, old, new, _diff(old, new))
         return run
 
     def write_text(self, name: str, text: str) -> None:
@@ -480,11 +482,10 @@ class RunDir:
         clean_leftovers(run.path)
         if run.manifest.get("command") != command:
             raise UsageError(f"resume={path} is a '{run.manifest.get('command')}' run, not a {command} run.")
-        old = OmegaConf.to_container(run.config(cfg.get("trusted_packages")), resolve=True)
+        old = _stored_config(run.path)
         new = OmegaConf.to_container(cfg, resolve=True)
+        # Both are final configs (ptcli.runconfig derived the same values again, or adopted the run's).
         changed = [k for k in _diff(old, new) if k not in RESUMABLE_CHANGES]
-        derived = adopt_derived(cfg, old, new, changed)
-        changed = [k for k in changed if k not in derived]
         if changed:
             shown = ", ".join(f"{k}: {_get(old, k)!r} -> {_get(new, k)!r}" for k in changed[:8])
             raise UsageError(f"resume={path}: the config differs from the run's ({shown}). Only trainer.max_steps "
@@ -530,13 +531,6 @@ class RunDir:
         except (OSError, json.JSONDecodeError) as exc:
             raise UsageError(f"cannot read '{manifest_path}': {exc}. The run directory is damaged.") from exc
         return cls(path, manifest)
-
-    def config(self, trusted: Any = ()) -> DictConfig:
-        """The run's ``config.yaml``, checked as untrusted input (``ptcli.build.load_run_config``): the
-        directory may come from anyone. ``trusted``: packages besides ptcli whose components it may name."""
-        from ptcli.build import load_run_config, trusted_packages
-
-        return load_run_config(self.path / "config.yaml", trusted_packages(trusted))
 
     def save(self) -> None:
         if not self.writable:

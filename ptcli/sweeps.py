@@ -45,7 +45,7 @@ class SweepCallback(Callback):
         # Resolving the sweep dir here caches ${now:...}, so the launcher uses this very path.
         SWEEP.dir = Path(str(config.hydra.sweep.dir))
         SWEEP.started_at = time.time()
-        from ptcli.launch import debug_enabled
+        from ptcli.errors import debug_enabled
 
         if not debug_enabled():  # jobs in other processes miss the CLI's quieting of progress bars
             os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")

@@ -6,15 +6,17 @@ Each task opens the run directory Hydra chose, runs its recipe, and records the 
 
 from __future__ import annotations
 
+import json
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from ptcli.errors import Interrupted, PtcliError, UsageError
+from ptcli.errors import Interrupted, PtcliError, UsageError, debug_enabled, internal_error_message, is_config_error
 
 
 @dataclass
@@ -67,8 +69,6 @@ def _run(command: str, cfg: DictConfig) -> float | TrialFailed | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from ptcli.launch import _report, print_json
-
     STATE.started = True
     hc = HydraConfig.get()
     STATE.multirun = hc.mode == RunMode.MULTIRUN
@@ -83,13 +83,17 @@ def _run(command: str, cfg: DictConfig) -> float | TrialFailed | None:
 
         resolve(cfg)  # interpolations (${oc.env:X}, ${now:...}) once, type-checked, before anything is written
         trust(cfg)  # before the run directory is written: only registered or trusted components
+        from ptcli.runconfig import resolve_run_config
+
+        # The final config (what a pretrained run or checkpoint implies), before config.yaml is written.
+        cfg = resolve_run_config(cfg, command, Path(cfg.resume) if cfg.get("resume") else out_dir, overrides)
         run = _open_run(command, cfg, out_dir, overrides)
     except PtcliError as exc:
         # A sweep job refused before its run opened: recorded for the summary as failed with this job's own
         # overrides (its directory may hold another job's run.json, which must not speak for it).
         STATE.results.append({"run_dir": str(out_dir) if STATE.multirun else None, "exit_code": exc.exit_code,
                               "status": "failed", "error": str(exc), "overrides": overrides, "metrics": {}})
-        _report(exc)
+        report_error(exc)
         return TrialFailed(str(out_dir), str(exc))
     result: dict[str, Any] = {"run_dir": str(run.path), "exit_code": 0}
     STATE.results.append(result)
@@ -100,24 +104,23 @@ def _run(command: str, cfg: DictConfig) -> float | TrialFailed | None:
 
         if run.writable:
             run.loggers = build_loggers(cfg.get("logger"), run.path, cfg, command)
-        recipe = _recipe(command)
+        recipe = _recipe(command, cfg)
+        OmegaConf.set_readonly(cfg, True)  # config.yaml is final: recipes read it, never change it
         metrics = recipe(cfg, run)
         run.finish("completed", metrics=metrics)
         result["metrics"] = metrics
     except PtcliError as exc:
         run.finish("interrupted" if isinstance(exc, Interrupted) else "failed", error=str(exc))
         result["exit_code"] = exc.exit_code
-        _report(exc)
+        report_error(exc)
         return TrialFailed(str(run.path), str(exc))
     except KeyboardInterrupt:
         run.finish("interrupted", error="KeyboardInterrupt (second SIGINT: aborted without checkpoint)")
         raise
     except Exception as exc:
-        from ptcli.errors import is_config_error
-
         run.finish("failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         result["exit_code"] = 2 if is_config_error(exc) else 1  # a config the run could not use is the user's
-        _report(exc)
+        report_error(exc)
         return TrialFailed(str(run.path), f"{type(exc).__name__}: {exc}")
     if not run.writable:
         pass  # rank > 0 under torchrun: rank 0 reports
@@ -186,20 +189,28 @@ def _rerun_sweep_job(out_dir: Path, cfg: DictConfig, overrides: list[str]) -> tu
     return False, None
 
 
-def _recipe(command: str):
-    if command == "pretrain":
-        from ptcli.recipes.pretrain import pretrain
+# The recipe of each (command, modality): ``module:function``, imported when chosen. The modality is the one the
+# run's model class declares (``ptcli.build.run_modality``); evaluate takes that of the run it scores.
+RECIPES: dict[tuple[str, str], str] = {
+    ("pretrain", "text"): "ptcli.recipes.pretrain:pretrain",
+    ("pretrain", "image"): "ptcli.recipes.simclr:pretrain_simclr",
+    ("finetune", "text"): "ptcli.recipes.finetune:finetune",
+    ("finetune", "image"): "ptcli.recipes.finetune_images:finetune_images",
+    ("evaluate", "text"): "ptcli.recipes.evaluate:evaluate",
+    ("evaluate", "image"): "ptcli.recipes.evaluate_images:evaluate_images",
+}
 
-        return pretrain
-    if command == "finetune":
-        from ptcli.recipes.finetune import finetune
 
-        return finetune
-    if command == "evaluate":
-        from ptcli.recipes.evaluate import evaluate
+def _recipe(command: str, cfg: DictConfig) -> Callable[[DictConfig, Any], dict[str, float]]:
+    import importlib
 
-        return evaluate
-    raise UsageError(f"unknown command {command!r}")
+    from ptcli.runconfig import recipe_modality
+
+    kind = recipe_modality(cfg, command)
+    if (command, kind) not in RECIPES:
+        raise UsageError(f"ptcli {command} has no recipe for {kind} runs.")
+    module, _, name = RECIPES[command, kind].partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _key_metric(metrics: dict[str, float]) -> float | None:
@@ -231,3 +242,30 @@ def evaluate_task(cfg: DictConfig) -> float | TrialFailed | None:
 
 
 TASKS = {"pretrain": pretrain_task, "finetune": finetune_task, "evaluate": evaluate_task}
+
+
+def report_error(exc: BaseException, cause: BaseException | None = None, run_dir: str | Path | None = None) -> None:
+    """One paragraph on stderr. ptcli's own errors are the user's to act on; any other exception is a bug,
+    reported as an internal error with its traceback saved (in the current run's directory when there is one)."""
+    if debug_enabled():
+        traceback.print_exception(cause or exc, file=sys.stderr)
+    if isinstance(exc, PtcliError) or _out_of_memory(exc):
+        print(f"ptcli: error: {exc}", file=sys.stderr)
+        return
+    if is_config_error(exc):  # a config the schema let through but the run could not use (e.g. ~seed)
+        print(f"ptcli: error: config: {' '.join(str(exc).split())}. Check the overrides that set or delete it.",
+              file=sys.stderr)
+        return
+    if run_dir is None and STATE.started and STATE.results:
+        run_dir = STATE.results[-1].get("run_dir")  # the job that raised (jobs run one at a time here)
+    print(internal_error_message(exc, run_dir), file=sys.stderr)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    # Running out of memory is the run's failure (a smaller batch or model fixes it), not a bug.
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+
+
+def print_json(metrics: dict) -> None:
+    sys.stdout.write(json.dumps(metrics, sort_keys=True) + "\n")
+    sys.stdout.flush()

@@ -91,7 +91,7 @@ def load_tokenizer(path: str | Path):
 def build_tokenizer(cfg: Any, train_split: Any):
     """Load ``cfg.path`` or train on ``train_split['text']`` (its first ``cfg.train_examples`` rows when set;
     cached by data fingerprint + settings)."""
-    from ptcli.data.cache import cache_root
+    from ptcli.cache import cache_root
 
     if cfg.path:
         return load_tokenizer(cfg.path)

@@ -113,6 +113,34 @@ def check_trainer_config(t: Any) -> None:
         raise UsageError(f"trainer.clip_grad must be positive or null, got {t.clip_grad}")
 
 
+def configure_torch(t: Any) -> None:
+    """Threads and TF32 matmuls for a run (``t``: the ``trainer`` section)."""
+    if t.num_threads:
+        torch.set_num_threads(int(t.num_threads))
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def prepare_run(cfg: Any) -> torch.device:
+    """What every training recipe does first: check the trainer section, set torch up, seed, pick the device."""
+    check_trainer_config(cfg.trainer)
+    configure_torch(cfg.trainer)
+    seed_everything(cfg.seed)
+    return pick_device(cfg.trainer.device)
+
+
+def total_steps(t: Any, batches_per_epoch: int) -> int:
+    """Optimizer steps of a run (``t``: the ``trainer`` section): ``max_steps``, else ``max_epochs`` passes over
+    the training data, where one optimizer step consumes ``grad_accum`` batches."""
+    if t.max_steps is not None:
+        if t.max_steps <= 0:
+            raise UsageError(f"trainer.max_steps must be positive, got {t.max_steps}")
+        return int(t.max_steps)
+    if t.max_epochs is None or t.max_epochs <= 0:
+        raise UsageError("set trainer.max_steps or trainer.max_epochs to a positive number")
+    return max(1, int(t.max_epochs) * max(1, batches_per_epoch) // int(t.grad_accum))
+
+
 @dataclass
 class BestTracker:
     metric: str  # e.g. "val/loss"

@@ -28,9 +28,9 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
 
     import ptcli.config  # noqa: F401
+    from ptcli.builders import build_simclr
     from ptcli.data.images import load_digits_splits
     from ptcli.launch import conf_dir
-    from ptcli.recipes.simclr import build_simclr
 
     with initialize_config_dir(str(conf_dir()), version_base=None):
         cfg = compose("pretrain", ["model=convnet", "objective=simclr", "data=digits"])

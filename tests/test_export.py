@@ -15,14 +15,15 @@ TEXTS = ["Return the number of items in the container.", "Open the file."]
 def mlm_logits(run_dir, exported) -> tuple[torch.Tensor, torch.Tensor, object]:
     """MLM logits of ptcli's best checkpoint and of the exported model at the real (unpadded) positions of a
     padded batch, encoded by the exported tokenizer (which must give ptcli's token ids), and the HF model."""
+    from ptcli.build import run_config
+    from ptcli.builders import build_mlm
     from ptcli.checkpoint import load_into
-    from ptcli.recipes.pretrain import build_mlm
     from ptcli.rundir import RunDir
     from ptcli.tokenizer import load_tokenizer
 
     run = RunDir.load(run_dir)
     tok = load_tokenizer(run.tokenizer_dir)
-    model = build_mlm(run.config(), tok)
+    model = build_mlm(run_config(run), tok)
     load_into(model, run.checkpoints / "best")
     model.eval()
     hf_model = transformers.AutoModelForMaskedLM.from_pretrained(exported).eval()
@@ -56,15 +57,16 @@ def test_export_matches_logits(ptcli, smoke_pretrain, tmp_path):
 
 def finetune_logits(run_dir, exported) -> tuple[torch.Tensor, tuple[torch.Tensor, object]]:
     """Class logits of ptcli's best checkpoint and of the exported model, on a padded batch."""
+    from ptcli.build import run_config
+    from ptcli.builders import build_classifier
     from ptcli.checkpoint import load_into
     from ptcli.data.labels import LabelMap
     from ptcli.data.text import pad_batch
-    from ptcli.recipes.finetune import build_classifier
     from ptcli.rundir import RunDir
     from ptcli.tokenizer import load_tokenizer, special_ids
 
     run = RunDir.load(run_dir)
-    cfg = run.config()
+    cfg = run_config(run)
     tok = load_tokenizer(run.tokenizer_dir)
     ids = special_ids(tok)
     texts = ["Return the number of items in the container.", "Open the file and read every line of it, slowly."]

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ptcli.errors import UsageError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from ptcli.rundir import RunDir
 
 
 class LabelMap:
@@ -64,3 +69,42 @@ def stratified_subsample(labels: np.ndarray, per_class: int, seed: int) -> np.nd
         idx = np.flatnonzero(labels == c)
         chosen.append(rng.permutation(idx)[:per_class])
     return np.sort(np.concatenate(chosen))
+
+
+def run_labels(cfg: DictConfig, run: RunDir, fit: Callable[[], LabelMap]) -> LabelMap:
+    """The run's label map: on resume the one it started with (``labels.json``: its ids are the trained head's
+    rows), else ``fit()``, saved."""
+    path = run.path / "labels.json"
+    if cfg.resume and path.is_file():
+        return LabelMap.load(path)
+    labels = fit()
+    if run.writable:
+        labels.save(path)
+    return labels
+
+
+def run_subsample(cfg: DictConfig, run: RunDir, y: np.ndarray) -> np.ndarray:
+    """Indices of the training examples under ``data.labels_per_class``: on resume the ones the run started
+    with (``subsample.json``), so it goes on training on the same examples, else a stratified seeded draw, saved."""
+    path = run.path / "subsample.json"
+    if cfg.resume and path.is_file():
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+            keep = stored["train_indices"]
+            same = stored.get("labels_per_class") == cfg.data.labels_per_class and stored.get("seed") == cfg.seed
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UsageError(f"resume={run.path}: cannot read {path}: {exc}. Restore the file, or start a new run "
+                             "instead of resuming.") from exc
+        if not same:
+            raise UsageError(f"resume={run.path}: {path} was drawn with labels_per_class="
+                             f"{stored.get('labels_per_class')} and seed={stored.get('seed')}, but the run's config "
+                             f"has {cfg.data.labels_per_class} and {cfg.seed}. Restore the file, or start a new run "
+                             "instead of resuming.")
+        if not (isinstance(keep, list) and keep and all(type(i) is int and 0 <= i < len(y) for i in keep)):
+            raise UsageError(f"resume={run.path}: {path}: 'train_indices' must be a non-empty list of indices into "
+                             f"the {len(y)} training examples. Restore the file, or start a new run.")
+        return np.array(keep, dtype=np.int64)
+    keep = stratified_subsample(y, int(cfg.data.labels_per_class), cfg.seed)
+    run.write_text("subsample.json", json.dumps({"labels_per_class": cfg.data.labels_per_class, "seed": cfg.seed,
+                                                 "train_indices": keep.tolist()}) + "\n")
+    return keep

@@ -15,7 +15,7 @@ import sysconfig
 import zlib
 from pathlib import Path
 
-from ptcli.data.cache import cache_root
+from ptcli.cache import cache_root
 
 # Test suites are code about code; site-packages is not the standard library.
 EXCLUDED_PARTS = {"site-packages", "dist-packages", "test", "tests", "__pycache__"}

@@ -275,6 +275,7 @@ class HubDataset(DataSource):
     """A ``datasets`` dataset by hub name, a local dataset directory, or a ``save_to_disk`` folder."""
 
     streamable = True
+    downloads = True  # names data to fetch: never loaded because a foreign run's config names it (evaluate)
 
     def describe(self) -> str:
         return f"data.name={self.options.get('name')}"

@@ -331,12 +331,11 @@ class _Workers(torch.utils.data.IterableDataset):
             yield batch, worker, position
 
 
-def open_streaming(cfg: Any) -> StreamingCorpus:
-    """``data.streaming=true`` for ``ptcli pretrain``: check the config and open the corpus."""
-    from ptcli.build import instantiate
+def open_streaming(cfg: Any, source: Any) -> StreamingCorpus:
+    """``data.streaming=true`` for ``ptcli pretrain``: check the config and open the corpus of ``source`` (the
+    data source ``cfg.data`` builds)."""
     from ptcli.distributed import rank_world
 
-    source = instantiate(cfg.data, "data", seed=cfg.seed)
     if not getattr(source, "streamable", False):
         source.stream("train")  # raises a UsageError naming data.streaming
     if cfg.trainer.max_steps is None:
@@ -360,12 +359,10 @@ def streaming_batches(cfg: Any, corpus: StreamingCorpus, tok: Any) -> StreamingB
                            num_workers=int(cfg.data.num_workers))
 
 
-def streaming_eval_blocks(data_cfg: Any, seed: int, tok: Any, block_size: int) -> tuple[str, torch.Tensor]:
+def streaming_eval_blocks(source: Any, data_cfg: Any, seed: int, tok: Any,
+                          block_size: int) -> tuple[str, torch.Tensor]:
     """``ptcli evaluate`` of a streaming run: (split, at most ``data.val_blocks`` blocks) of its test split
-    when the source has one, else the validation blocks the run itself was scored on."""
-    from ptcli.build import instantiate
-
-    source = instantiate(data_cfg, "data", seed=seed)
+    when ``source`` (what ``data_cfg`` builds) has one, else the validation blocks the run itself was scored on."""
     if not getattr(source, "streamable", False):
         source.stream("train")  # raises a UsageError naming data.streaming
     corpus = StreamingCorpus(source, block_size, seed, val_blocks=int(data_cfg.val_blocks),

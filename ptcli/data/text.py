@@ -99,10 +99,12 @@ class SeededBatches:
 
 
 class BlockBatches(SeededBatches):
-    """Batches of packed blocks ``[batch_size, block_size]``."""
+    """Batches of rows of a tensor: packed blocks ``[batch_size, block_size]``, or images ``[batch_size, C, H, W]``
+    (``what`` names them in errors)."""
 
-    def __init__(self, blocks: torch.Tensor, batch_size: int, seed: int) -> None:
-        super().__init__(len(blocks), batch_size, seed, what="training blocks (lower data.block_size too)")
+    def __init__(self, blocks: torch.Tensor, batch_size: int, seed: int,
+                 what: str = "training blocks (lower data.block_size too)") -> None:
+        super().__init__(len(blocks), batch_size, seed, what=what)
         self.blocks = blocks
 
     def __next__(self) -> torch.Tensor:

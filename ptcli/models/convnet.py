@@ -47,6 +47,9 @@ class BasicBlock(nn.Module):
 
 class ConvNet(nn.Module):
     modality = "image"
+    produces = "features"  # [B, dim] pooled features
+    finetune_head = "image_classifier"
+    hf_export = None  # no transformers counterpart
 
     def __init__(self, in_channels: int = ConvNetConfig.in_channels, width: int = ConvNetConfig.width,
                  stages: int = ConvNetConfig.stages, blocks_per_stage: int = ConvNetConfig.blocks_per_stage) -> None:

@@ -21,7 +21,7 @@ def _transformers():
         import transformers
     except ImportError as exc:
         raise UsageError("hf:... checkpoints need transformers: pip install 'ptcli[hf]'") from exc
-    from ptcli.launch import debug_enabled
+    from ptcli.errors import debug_enabled
 
     if not debug_enabled():
         transformers.utils.logging.disable_progress_bar()
@@ -59,6 +59,12 @@ def load_hf_config(path: str):
                          _hint(exc)) from exc
 
 
+def position_limit(config: Any) -> int:
+    """Positions a transformers checkpoint can encode (RoBERTa's embeddings reserve two for the padding offset)."""
+    limit = int(getattr(config, "max_position_embeddings", 512))
+    return limit - 2 if config.model_type == "roberta" else limit
+
+
 def _base_kwargs(config: Any) -> dict[str, Any]:
     # BERT/RoBERTa build a [CLS] pooler that ptcli never uses (it pools itself): leave it out.
     return {"add_pooling_layer": False} if config.model_type in ("bert", "roberta") else {}
@@ -78,6 +84,9 @@ class HFEncoderConfig:
 
 class HFEncoder(nn.Module):
     modality = "text"
+    produces = "token_states"  # [B, T, dim] hidden states
+    finetune_head = "sequence_classifier"
+    hf_export = "native"  # ptcli export writes the checkpoint's own architecture
 
     def __init__(self, path: str, max_len: int = HFEncoderConfig.max_len,
                  random_init: bool = HFEncoderConfig.random_init, model: nn.Module | None = None,
@@ -94,9 +103,15 @@ class HFEncoder(nn.Module):
                                  _hint(exc)) from exc
         self.model = model
         self.dim = int(config.hidden_size)
-        limit = int(getattr(config, "max_position_embeddings", max_len))
-        self.max_len = min(max_len, limit - 2 if config.model_type == "roberta" else limit)
+        self.max_len = min(max_len, position_limit(config))
         self.vocab_size = int(config.vocab_size)
+
+    @classmethod
+    def with_mlm_head(cls, path: str, max_len: int = HFEncoderConfig.max_len,
+                      random_init: bool = HFEncoderConfig.random_init, **_: Any) -> tuple[HFEncoder, nn.Module]:
+        """The encoder and the checkpoint's own MLM head (continued pre-training, ``init_from=hf:``)."""
+        backbone, head, _ = load_hf_masked_lm(path, random_init=random_init)
+        return cls(path, max_len, model=backbone), head
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

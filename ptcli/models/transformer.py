@@ -108,6 +108,9 @@ class Block(nn.Module):
 
 class TransformerEncoder(nn.Module):
     modality = "text"
+    produces = "token_states"  # [B, T, dim] hidden states
+    finetune_head = "sequence_classifier"
+    hf_export = "esm"  # ptcli export writes it as EsmForMaskedLM / EsmForSequenceClassification
 
     # Defaults: TransformerConfig (one place; the YAML and direct callers both get them from there).
     def __init__(self, vocab_size: int, dim: int = TransformerConfig.dim, layers: int = TransformerConfig.layers,

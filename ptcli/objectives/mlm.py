@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,9 @@ class MLMConfig:
     mask_token_share: float = 0.8
     random_token_share: float = 0.1
     whole_word: bool = False
+
+
+EVAL_SEED = 1234  # validation masks are the same at every evaluation, so scores are comparable
 
 
 def mask_tokens(
@@ -69,6 +73,10 @@ class MaskedLM(nn.Module):
     ``head`` replaces that head with an existing one mapping hidden states to vocabulary logits (the
     pre-trained head of a transformers checkpoint, for continued pre-training).
     """
+
+    modality = "text"
+    produces = "token_logits"  # what the pre-training head outputs; evaluation: masked-token loss, mlm_acc, ppl
+    probes: tuple[str, ...] = ()  # its encoder is judged by evaluate_mlm, not by frozen-feature probes
 
     def __init__(self, encoder: nn.Module, special_ids: list[int], mask_id: int, word_start: torch.Tensor | None = None,
                  mask_rate: float = MLMConfig.mask_rate, mask_token_share: float = MLMConfig.mask_token_share,
@@ -129,3 +137,22 @@ def word_start_table(tok) -> torch.Tensor | None:
         if token.startswith("##"):
             table[idx] = False
     return table
+
+
+@torch.no_grad()
+def evaluate_mlm(model: MaskedLM, blocks: torch.Tensor, batch_size: int, device: torch.device,
+                 max_batches: int | None = None) -> dict[str, float]:
+    """Masked-token loss, accuracy and perplexity over ``blocks`` with fixed (seeded) masks."""
+    gen = torch.Generator(device="cpu").manual_seed(EVAL_SEED)
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    correct, count = 0, 0
+    for i, start in enumerate(range(0, len(blocks), batch_size)):
+        if max_batches is not None and i >= max_batches:
+            break
+        inputs, labels = model.mask(blocks[start : start + batch_size], generator=gen)
+        out = model(inputs.to(device), labels.to(device))
+        loss_sum += out["loss_sum"].double().cpu()
+        correct += int(out["correct"])
+        count += int(out["count"])
+    loss = float(loss_sum) / max(count, 1)
+    return {"loss": loss, "mlm_acc": correct / max(count, 1), "ppl": math.exp(min(loss, 50.0))}

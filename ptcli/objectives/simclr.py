@@ -49,6 +49,10 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
 class SimCLR(nn.Module):
     """Encoder + projection head (Linear-BN-ReLU-Linear) trained with NT-Xent on two augmented views."""
 
+    modality = "image"
+    produces = "projections"  # the head exists for the loss only; downstream code uses ``encoder``
+    probes: tuple[str, ...] = ("knn", "linear")  # how its encoder is judged (ptcli.probes)
+
     def __init__(self, encoder: nn.Module, augment: list[dict] | None = None,
                  proj_dim: int = SimCLRConfig.proj_dim, proj_hidden: int = SimCLRConfig.proj_hidden,
                  temperature: float = SimCLRConfig.temperature) -> None:

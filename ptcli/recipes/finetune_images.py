@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import torch
@@ -12,15 +11,15 @@ from omegaconf import DictConfig
 
 from ptcli import distributed as dist
 from ptcli.build import instantiate
-from ptcli.checkpoint import load_weights, resume_checkpoint
-from ptcli.data.labels import LabelMap
+from ptcli.builders import build_image_classifier, load_image_data
+from ptcli.checkpoint import pretrained_checkpoint, resume_checkpoint
+from ptcli.data.labels import LabelMap, run_labels, run_subsample
 from ptcli.data.text import SeededBatches
 from ptcli.errors import UsageError
-from ptcli.metrics import classification_report, split_metrics
-from ptcli.models.classifier import ImageClassifier
-from ptcli.recipes.simclr import load_image_data
+from ptcli.metrics import score_best, score_logits
+from ptcli.models.classifier import image_logits, init_encoder
 from ptcli.rundir import RunDir
-from ptcli.trainer import BestTracker, Trainer
+from ptcli.trainer import BestTracker, Trainer, prepare_run, total_steps
 
 
 class LabeledImageBatches(SeededBatches):
@@ -33,27 +32,11 @@ class LabeledImageBatches(SeededBatches):
         return self.x[idx], self.y[idx]
 
 
-def build_image_classifier(model_cfg: DictConfig, num_classes: int) -> ImageClassifier:
-    return ImageClassifier(instantiate(model_cfg, "model"), num_classes)
-
-
-@torch.no_grad()
-def score_images(model: ImageClassifier, x: torch.Tensor, y: torch.Tensor, names: list[str],
-                 device: torch.device) -> dict[str, Any]:
-    model.eval()
-    logits = torch.cat([model(x[i : i + 512].to(device)).float().cpu() for i in range(0, len(x), 512)])
-    report = classification_report(y.numpy(), logits.argmax(-1).numpy(), names)
-    report["loss"] = float(F.cross_entropy(logits, y))
-    return report
-
-
 def labeled_image_splits(cfg: DictConfig, run: RunDir) -> tuple[dict[str, tuple[Any, Any]], LabelMap]:
-    splits, names = load_image_data(cfg, cfg.seed)
+    splits, names = load_image_data(cfg.data, cfg.seed)
     if splits["train"][1] is None:
         raise UsageError(f"data.path={cfg.data.get('path')}: the images have no labels (a flat folder, or an .npz "
                          "without y). Fine-tuning needs one sub-folder per class or an .npz with y.")
-    from ptcli.recipes.finetune import run_labels, run_subsample
-
     labels = run_labels(cfg, run, lambda: LabelMap(names))
     if labels.names != names:
         raise UsageError(f"resume={run.path}: labels.json names the classes {labels.names[:10]}, but the images "
@@ -65,16 +48,18 @@ def labeled_image_splits(cfg: DictConfig, run: RunDir) -> tuple[dict[str, tuple[
     return splits, labels
 
 
-def finetune_images(cfg: DictConfig, run: RunDir, source: RunDir | None, device: torch.device) -> dict[str, float]:
-    from ptcli.recipes.finetune import prepare_encoder
+def finetune_images(cfg: DictConfig, run: RunDir) -> dict[str, float]:
+    device = prepare_run(cfg)
+    source = RunDir.load(cfg.pretrained) if cfg.pretrained else None  # (image encoders have no hf: checkpoints)
 
     splits, labels = labeled_image_splits(cfg, run)
     model = build_image_classifier(cfg.model, len(labels.names))
-    prepare_encoder(model, cfg, run, source, device)
+    init_encoder(model, pretrained_checkpoint(cfg, run, source), cfg.freeze_encoder, f"pretrained={cfg.pretrained}")
+    model.to(device)
     net = dist.parallelize(model, cfg.trainer.strategy, device, cfg.trainer.compile)
     optimizer = instantiate(cfg.optim, "optim", model=model)
     batches = LabeledImageBatches(*splits["train"], cfg.trainer.batch_size, cfg.seed)
-    total = int(cfg.trainer.max_steps or cfg.trainer.max_epochs * batches.batches_per_epoch)
+    total = total_steps(cfg.trainer, batches.batches_per_epoch)
     scheduler = instantiate(cfg.schedule, "schedule", optimizer=optimizer, total_steps=total)
     run.update(data={"train_examples": len(splits["train"][0]), "val_examples": len(splits["validation"][0]),
                      "test_examples": len(splits["test"][0]), "classes": len(labels.names)})
@@ -85,8 +70,12 @@ def finetune_images(cfg: DictConfig, run: RunDir, source: RunDir | None, device:
             model.encoder.eval()  # a linear probe: frozen BatchNorm statistics too
         return {"loss": F.cross_entropy(net(x).float(), y)}
 
+    def score(split: str) -> dict[str, Any]:
+        x, y = splits[split]
+        return score_logits(image_logits(model, x, device), y, labels.names)
+
     def eval_fn() -> dict[str, float]:
-        r = score_images(model, *splits["validation"], labels.names, device)
+        r = score("validation")
         model.train()
         return {"loss": r["loss"], "accuracy": r["accuracy"], "macro_f1": r["macro_f1"]}
 
@@ -96,11 +85,4 @@ def finetune_images(cfg: DictConfig, run: RunDir, source: RunDir | None, device:
         state = trainer.resume(resume_checkpoint(run))
         batches.load_state_dict(state["batches"])
     metrics = trainer.fit(batches, step_fn, eval_fn)
-    dist.load_full_model_state(model, load_weights(run.checkpoints / "best"))
-    for split in ("validation", "test"):
-        if len(splits[split][0]):
-            r = score_images(model, *splits[split], labels.names, device)
-            metrics.update(split_metrics(r, split))
-            if split == "test":
-                run.write_text("test_report.json", json.dumps(r, indent=2) + "\n")
-    return metrics
+    return {**metrics, **score_best(run, model, [s for s in ("validation", "test") if len(splits[s][0])], score)}

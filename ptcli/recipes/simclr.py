@@ -6,73 +6,20 @@ run directory. The random-init kNN accuracy is measured first, so every run repo
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from omegaconf import DictConfig
 
 from ptcli import distributed as dist
 from ptcli.build import instantiate
+from ptcli.builders import build_simclr, load_image_data
 from ptcli.checkpoint import resume_checkpoint
-from ptcli.data.text import SeededBatches
+from ptcli.data.text import BlockBatches
 from ptcli.errors import UsageError
-from ptcli.objectives.simclr import SimCLR
-from ptcli.probes import PROTOCOLS, knn_classify, linear_probe
+from ptcli.probes import PROTOCOLS, knn_accuracy
 from ptcli.rundir import RunDir
-from ptcli.trainer import BestTracker, Trainer, pick_device, seed_everything
+from ptcli.trainer import BestTracker, Trainer, prepare_run, total_steps
 
 AUG_EVAL_SEED = 4321  # validation views are the same at every evaluation
-
-
-class ImageBatches(SeededBatches):
-    def __init__(self, x: torch.Tensor, batch_size: int, seed: int) -> None:
-        super().__init__(len(x), batch_size, seed, what="training images")
-        self.x = x
-
-    def __next__(self) -> torch.Tensor:
-        return self.x[self.next_indices()]
-
-
-def load_image_data(cfg: DictConfig, seed: int) -> tuple[dict[str, tuple[Any, Any]], list[str]]:
-    source = instantiate(cfg.data, "data", seed=seed)
-    if getattr(source, "modality", "text") != "image":
-        raise UsageError(f"data={source.describe()} is text; image models need data=digits or data=images.")
-    return source.load_images()
-
-
-@torch.no_grad()
-def features(encoder: torch.nn.Module, x: torch.Tensor, device: torch.device, batch: int = 512) -> torch.Tensor:
-    was_training = encoder.training
-    encoder.eval()
-    out = torch.cat([encoder(x[i : i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)])
-    encoder.train(was_training)
-    return out
-
-
-def knn_accuracy(encoder: torch.nn.Module, train: tuple, test: tuple, num_classes: int,
-                 device: torch.device) -> float:
-    p = PROTOCOLS["knn"]
-    pred = knn_classify(features(encoder, train[0], device), train[1], features(encoder, test[0], device),
-                        num_classes, k=p["k"], temperature=p["temperature"])
-    return float((pred == test[1]).float().mean())
-
-
-def linear_probe_accuracy(encoder: torch.nn.Module, train: tuple, test: tuple, num_classes: int,
-                          device: torch.device) -> float:
-    p = PROTOCOLS["linear"]
-    pred = linear_probe(features(encoder, train[0], device), train[1], features(encoder, test[0], device),
-                        num_classes, epochs=p["epochs"], lr=p["lr"], weight_decay=p["weight_decay"], seed=p["seed"])
-    return float((pred == test[1]).float().mean())
-
-
-def build_simclr(cfg: DictConfig) -> SimCLR:
-    encoder = instantiate(cfg.model, "model")
-    if getattr(encoder, "modality", None) != "image":
-        raise UsageError("objective=simclr needs an image encoder: model=convnet.")
-    model = instantiate(cfg.objective, "objective", encoder=encoder)
-    if not isinstance(model, SimCLR):
-        raise UsageError("model=convnet pre-trains with objective=simclr.")
-    return model
 
 
 def pretrain_simclr(cfg: DictConfig, run: RunDir) -> dict[str, float]:
@@ -81,9 +28,8 @@ def pretrain_simclr(cfg: DictConfig, run: RunDir) -> dict[str, float]:
         # embeddings all-gathered across ranks, which is not built yet.
         raise UsageError(f"trainer.strategy={cfg.trainer.strategy} is not supported for SimCLR pre-training yet; "
                          "use trainer.strategy=single (one process, CPU or one GPU).")
-    seed_everything(cfg.seed)
-    device = pick_device(cfg.trainer.device)
-    splits, names = load_image_data(cfg, cfg.seed)
+    device = prepare_run(cfg)
+    splits, names = load_image_data(cfg.data, cfg.seed)
     if splits["train"][0].shape[1] != cfg.model.in_channels:
         raise UsageError(f"model.in_channels={cfg.model.in_channels} but the images have "
                          f"{splits['train'][0].shape[1]} channels; set data.channels or model.in_channels.")
@@ -91,8 +37,8 @@ def pretrain_simclr(cfg: DictConfig, run: RunDir) -> dict[str, float]:
     model = build_simclr(cfg).to(device)
     net = dist.parallelize(model, "single", device, cfg.trainer.compile)
     optimizer = instantiate(cfg.optim, "optim", model=model)
-    batches = ImageBatches(splits["train"][0], cfg.trainer.batch_size, cfg.seed)
-    total = int(cfg.trainer.max_steps or cfg.trainer.max_epochs * batches.batches_per_epoch)
+    batches = BlockBatches(splits["train"][0], cfg.trainer.batch_size, cfg.seed, what="training images")
+    total = total_steps(cfg.trainer, batches.batches_per_epoch)
     scheduler = instantiate(cfg.schedule, "schedule", optimizer=optimizer, total_steps=total)
     run.update(data={"train_images": len(splits["train"][0]), "val_images": len(splits["validation"][0]),
                      "image_shape": list(splits["train"][0].shape[1:]), "classes": names,

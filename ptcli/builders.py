@@ -1,0 +1,78 @@
+"""Builders: a run's config sections -> the model objects a recipe trains or scores (encoder + objective,
+encoder + classification head) and its image data. Several recipes build the same things, and recipes never
+import each other, so the builders live here, above the components they assemble and ``ptcli.build``'s safe
+instantiation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ptcli.build import component_class, instantiate
+from ptcli.errors import UsageError
+from ptcli.models.classifier import ImageClassifier, SequenceClassifier
+from ptcli.objectives.mlm import MaskedLM, word_start_table
+from ptcli.objectives.simclr import SimCLR
+from ptcli.tokenizer import special_ids
+
+
+def build_mlm(cfg: Any, tok: Any, weights_from: str | None = None) -> MaskedLM:
+    """Encoder (``cfg.model``) + MLM objective (``cfg.objective``) for tokenizer ``tok``. An encoder class that
+    brings its own pre-trained MLM head (``with_mlm_head``: a transformers checkpoint) keeps it; ``weights_from``
+    loads that checkpoint instead of ``model.path`` (the first start of ``init_from=hf:``)."""
+    ids = special_ids(tok)
+    head = None
+    encoder_cls = component_class(cfg.model, "model")
+    if hasattr(encoder_cls, "with_mlm_head"):
+        kwargs = {k: v for k, v in cfg.model.items() if k != "_target_"}
+        if weights_from is not None:
+            kwargs.update(path=weights_from, random_init=False)
+        encoder, head = encoder_cls.with_mlm_head(**kwargs)
+    else:
+        encoder = instantiate(cfg.model, "model", vocab_size=tok.get_vocab_size())
+    objective = instantiate(
+        cfg.objective, "objective", encoder=encoder, mask_id=ids["mask"], head=head,
+        special_ids=[i for i in ids.values() if i is not None], word_start=word_start_table(tok),
+    )
+    if not isinstance(objective, MaskedLM):
+        raise UsageError(f"objective={cfg.objective._target_} is not masked language modeling; text pre-training "
+                         "runs objective=mlm.")
+    return objective
+
+
+def build_simclr(cfg: Any) -> SimCLR:
+    """Image encoder (``cfg.model``) + SimCLR objective (``cfg.objective``)."""
+    encoder = instantiate(cfg.model, "model")
+    if getattr(encoder, "modality", None) != "image":
+        raise UsageError("objective=simclr needs an image encoder: model=convnet.")
+    model = instantiate(cfg.objective, "objective", encoder=encoder)
+    if not isinstance(model, SimCLR):
+        raise UsageError("model=convnet pre-trains with objective=simclr.")
+    return model
+
+
+def _encoder_for(model_cfg: Any, head: str, **kwargs: Any) -> Any:
+    """The encoder ``model_cfg`` names, which must declare that ``head`` fits it (``finetune_head``)."""
+    declared = getattr(component_class(model_cfg, "model"), "finetune_head", None)
+    if declared != head:
+        raise UsageError(f"model={model_cfg._target_} declares finetune_head={declared!r}, so it cannot take a "
+                         f"{head} head; fine-tune it with a matching model (README: Extending ptcli).")
+    return instantiate(model_cfg, "model", **kwargs)
+
+
+def build_classifier(model_cfg: Any, vocab_size: int, num_classes: int, pooling: str = "mean") -> SequenceClassifier:
+    """A text classifier on the encoder ``model_cfg`` names."""
+    encoder = _encoder_for(model_cfg, "sequence_classifier", vocab_size=vocab_size)
+    return SequenceClassifier(encoder, num_classes, pooling=pooling)
+
+
+def build_image_classifier(model_cfg: Any, num_classes: int) -> ImageClassifier:
+    """An image classifier on the encoder ``model_cfg`` names."""
+    return ImageClassifier(_encoder_for(model_cfg, "image_classifier"), num_classes)
+
+
+def load_image_data(data_cfg: Any, seed: int) -> tuple[dict[str, tuple[Any, Any]], list[str]]:
+    """The ``data`` section's image splits ``{split: (x, y)}`` and class names; a text source is refused."""
+    source = instantiate(data_cfg, "data", seed=seed)
+    if getattr(source, "modality", "text") != "image":
+        raise UsageError(f"data={source.describe()} is text; image models need data=digits or data=images.")
+    return source.load_images()

@@ -1,0 +1,173 @@
+"""The one step that turns a composed config into a run's final config, before its run directory is written.
+
+A command line composes a config; some of its values are not the user's to set but follow from elsewhere:
+the architecture of a ``pretrained=`` run or ``hf:`` checkpoint, a learning rate left null, the images an
+image fine-tune takes from its pre-training run. ``resolve_run_config`` derives them all here, once, so
+``config.yaml`` is written once (``RunDir.start``) with what the run really uses, and recipes read a config
+they cannot change (it is made read-only). ``DERIVED`` lists those keys next to their defaults; on resume the
+same derivation runs again, except for the keys in ``RESUME_ADOPTS``, which come from the resumed run as
+they were (no hub access on resume), so ``RunDir.resume`` compares two finished configs and knows nothing
+about recipes. It also names the modality the recipe table (``ptcli.tasks.RECIPES``) routes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from ptcli.build import run_config, run_modality
+from ptcli.errors import UsageError
+
+# optim.lr=null (conf/finetune.yaml): measured best head start at 16 (text) / 5 (images) labels per class.
+FINETUNE_LR = {"text": 3e-4, "image": 1e-4}
+# optim.lr=null (conf/objective/mlm.yaml): from scratch, 2e-3 gave the largest head start after the default
+# pre-training (README "Measured"); a trained transformers checkpoint wants the small steps of domain-adaptive
+# pre-training.
+MLM_LR = {"scratch": 2e-3, "hf": 1e-4}
+# Model keys a fine-tune may set although the architecture comes from the pretrained run: they change no
+# weight shapes (model.dropout=0.1 regularizes fine-tuning on few labels).
+TUNABLE_MODEL_KEYS = ("model.dropout",)
+# init_from=hf: copies the checkpoint's config and tokenizer here, in the run directory (the model points there).
+HF_MODEL_DIR = "hf_model"
+# A fine-tune of a transformers checkpoint reads at most this many tokens per example.
+HF_FINETUNE_MAX_LEN = 128
+
+DERIVED: dict[str, str] = {
+    "model": "pretrained=RUN: the pretrained run's model (TUNABLE_MODEL_KEYS may be overridden); pretrained=hf:"
+             " / init_from=hf: the checkpoint's architecture (ptcli.models.hf.HFEncoder)",
+    "optim.lr": "null: FINETUNE_LR[modality] (finetune), MLM_LR['scratch' | 'hf'] (text pretrain)",
+    "data": "an image fine-tune of an image pretrain run without data=...: the pretrain run's data "
+            "(data.labels_per_class kept)",
+}
+# On resume these come from the run being resumed, not derived again (init_from=hf: would read the hub).
+RESUME_ADOPTS = ("model",)
+
+
+def _user_set(overrides: Iterable[str], key: str) -> bool:
+    return any(o.lstrip("+~").split("=", 1)[0] == key for o in overrides)
+
+
+def recipe_modality(cfg: DictConfig, command: str) -> str:
+    """The modality that picks the recipe: the run's own, or for ``evaluate`` that of the run it scores."""
+    if command == "evaluate":
+        from ptcli.rundir import RunDir
+
+        return run_modality(run_config(RunDir.load(cfg.run_dir), cfg.trusted_packages))
+    return run_modality(cfg)
+
+
+def resolve_run_config(cfg: DictConfig, command: str, run_dir: Path, overrides: list[str]) -> DictConfig:
+    """The final config of a ``command`` run that will live in ``run_dir``, from the composed (resolved,
+    trust-checked) ``cfg`` and the user's ``overrides``; ``cfg`` itself is not changed."""
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    OmegaConf.set_struct(out, True)
+    if out.get("resume"):
+        _adopt_from_resumed(out)
+    if command == "pretrain":
+        _pretrain(out, Path(run_dir), overrides)
+    elif command == "finetune":
+        _finetune(out, overrides)
+    return out
+
+
+def _pretrain(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> None:
+    if cfg.pretrained:
+        raise UsageError("pretrained= is a finetune option; to continue a pretrain run use resume=RUN_DIR.")
+    kind = run_modality(cfg)
+    if kind == "text" and cfg.objective is None:
+        raise UsageError("ptcli pretrain on text needs objective=mlm.")
+    if cfg.init_from:
+        spec = str(cfg.init_from)
+        if not spec.startswith("hf:"):
+            raise UsageError(f"init_from={spec}: expected hf:NAME_OR_DIR (a transformers masked-LM checkpoint). To "
+                             "continue a ptcli pretrain run use resume=RUN_DIR.")
+        if any(o.split("=", 1)[0].lstrip("+~").startswith("model") for o in overrides):
+            raise UsageError(f"init_from={spec} fixes the architecture; drop the model override.")
+        if not cfg.get("resume"):  # (resume adopts the run's own model: RESUME_ADOPTS)
+            cfg.model = _hf_model(spec[3:], run_dir / HF_MODEL_DIR)
+    if kind == "text" and cfg.optim.lr is None:
+        cfg.optim.lr = MLM_LR["hf" if cfg.init_from else "scratch"]
+    if kind == "text" and cfg.model.get("max_len") is not None and cfg.data.block_size > cfg.model.max_len:
+        source = f"the positions of {cfg.init_from}" if cfg.init_from else "model.max_len"
+        raise UsageError(f"data.block_size={cfg.data.block_size} exceeds {source} ({cfg.model.max_len}); "
+                         f"set data.block_size<={cfg.model.max_len}"
+                         f"{'' if cfg.init_from else ' or raise model.max_len'}.")
+
+
+def _hf_model(path: str, local: Path | None, random_init: bool = False) -> DictConfig:
+    """``model`` for a transformers checkpoint: its own architecture. ``local`` (``init_from=hf:``): the run's
+    copy of its config, where the run's model lives from then on (the weights come from ptcli checkpoints)."""
+    from ptcli.models.hf import load_hf_config, position_limit
+
+    limit = position_limit(load_hf_config(path))
+    if local is None:  # pretrained=hf: fine-tunes read at most HF_FINETUNE_MAX_LEN tokens
+        return OmegaConf.create({"_target_": "ptcli.models.hf.HFEncoder", "path": path,
+                                 "max_len": min(HF_FINETUNE_MAX_LEN, limit), "random_init": random_init})
+    return OmegaConf.create({"_target_": "ptcli.models.hf.HFEncoder", "path": str(local.resolve()),
+                             "max_len": limit, "random_init": True, "source": path})
+
+
+def _finetune(cfg: DictConfig, overrides: list[str]) -> None:
+    if cfg.init not in ("pretrained", "random"):
+        raise UsageError(f"init must be 'pretrained' or 'random', got {cfg.init!r}")
+    src_cfg = None
+    spec = str(cfg.pretrained or "")
+    if spec.startswith("hf:"):
+        cfg.model = _hf_model(spec[3:], None, random_init=cfg.init == "random")
+    elif cfg.pretrained:
+        src_cfg = _pretrained_config(spec, overrides, cfg.trusted_packages)
+        tuned = {key: OmegaConf.select(cfg, key) for key in TUNABLE_MODEL_KEYS if _user_set(overrides, key)}
+        cfg.model = src_cfg.model
+        for key, value in tuned.items():
+            if OmegaConf.select(cfg, key) is not None:
+                OmegaConf.update(cfg, key, value)
+    elif cfg.init == "pretrained" and cfg.freeze_encoder:
+        raise UsageError("freeze_encoder=true without pretrained=RUN_DIR would train a head on random features.")
+    kind = run_modality(cfg)
+    if cfg.optim.lr is None:
+        cfg.optim.lr = FINETUNE_LR[kind]
+    from_images = src_cfg is not None and run_modality(src_cfg) == "image"
+    if kind == "image" and from_images and not _user_set(overrides, "data"):
+        # Fine-tune on the pre-training images' labels unless told otherwise (data=...).
+        budget = cfg.data.labels_per_class
+        cfg.data = src_cfg.data
+        cfg.data.labels_per_class = budget
+
+
+def _pretrained_config(path: str, overrides: list[str], trusted: Any) -> DictConfig:
+    """The config of the pretrain run ``pretrained=`` names, refusing model overrides that conflict with it."""
+    from ptcli.rundir import RunDir
+
+    source = RunDir.load(path)
+    if source.manifest.get("command") != "pretrain":
+        raise UsageError(f"pretrained={path} is a '{source.manifest.get('command')}' run; pass a pretrain run "
+                         "directory (outputs/pretrain/<timestamp>).")
+    src_cfg = run_config(source, trusted)
+    for ov in overrides:
+        key, _, value = ov.lstrip("+~").partition("=")
+        if key in TUNABLE_MODEL_KEYS:
+            continue
+        if key == "model" or key.startswith("model."):
+            current = OmegaConf.select(src_cfg, key) if key != "model" else None
+            if key == "model" or str(current) != value:
+                raise UsageError(f"override '{ov}' conflicts with pretrained={path}, whose architecture is fixed "
+                                 f"({key}={current}). Drop the model override: the architecture comes from the "
+                                 "pretrained run.")
+    return src_cfg
+
+
+def _adopt_from_resumed(cfg: DictConfig) -> None:
+    """``RESUME_ADOPTS``: the resumed run's own values, when it derived them (``init_from=hf:``)."""
+    from ptcli.rundir import RunDir
+
+    if not cfg.get("init_from"):
+        return
+    try:
+        old = run_config(RunDir.load(cfg.resume), cfg.trusted_packages)
+    except UsageError:
+        return  # a missing or damaged run: RunDir.resume reports it
+    for key in RESUME_ADOPTS:
+        cfg[key] = old[key]
