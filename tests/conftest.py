@@ -161,7 +161,9 @@ def run_in_process(args: tuple[str, ...], cwd: Path | None, env: dict, timeout: 
         for h in root.handlers:
             if h not in log_handlers:  # Hydra's job log file and console handlers
                 h.close()
-        root.handlers[:] = log_handlers
+        # A file handler closed meanwhile (Hydra's, left by code that ran Hydra without this runner) would reopen
+        # its file, maybe in a deleted directory, at the next record: never put one back.
+        root.handlers[:] = [h for h in log_handlers if not (isinstance(h, logging.FileHandler) and h.stream is None)]
         root.setLevel(level)
         GlobalHydra.instance().clear()
     return Result(code, out.getvalue(), err.getvalue())

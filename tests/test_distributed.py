@@ -11,6 +11,8 @@ import time
 import pytest
 from conftest import OFFLINE, TINY_TRANSFORMER, read_manifest, read_metrics
 
+pytestmark = pytest.mark.slow  # torchrun starts real processes
+
 SMOKE = ["debug=smoke", *TINY_TRANSFORMER]
 
 

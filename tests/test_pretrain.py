@@ -54,7 +54,8 @@ def test_other_seed_other_losses(ptcli, smoke_pretrain, tmp_path):
 
 def test_multirun_sweep(ptcli, tmp_path):
     sweep = tmp_path / "sweep"
-    r = ptcli("pretrain", "-m", "debug=smoke", "model.dim=32,64", "trainer.max_steps=5",
+    r = ptcli("pretrain", "-m", "debug=smoke", "model.dim=32,64", "model.heads=2", "model.layers=2",
+              "model.ffn_dim=64", "trainer.max_steps=5",
               f"hydra.sweep.dir={sweep}")
     assert r.code == 0, r
     jobs = sorted(p.parent for p in sweep.glob("*/run.json"))
@@ -67,7 +68,8 @@ def test_multirun_sweep(ptcli, tmp_path):
 
 
 def test_json_output_is_only_json(ptcli, tmp_path):
-    r = ptcli("pretrain", "debug=smoke", "trainer.max_steps=5", "--json", f"hydra.run.dir={tmp_path / 'j'}")
+    r = ptcli("pretrain", "debug=smoke", *TINY_TRANSFORMER, "trainer.max_steps=5", "--json",
+              f"hydra.run.dir={tmp_path / 'j'}")
     assert r.code == 0, r
     metrics = json.loads(r.stdout)
     assert "val/mlm_acc" in metrics
@@ -88,7 +90,7 @@ def test_text_csv_with_custom_column(ptcli, tmp_path):
     _write_csv(csv)
     run = tmp_path / "run"
     r = ptcli("pretrain", "data=text", f"data.train={csv}", "data.text_column=sentence", "debug=smoke",
-              "tokenizer.vocab_size=200", "trainer.batch_size=4", f"hydra.run.dir={run}")
+              *TINY_TRANSFORMER, "tokenizer.vocab_size=200", "trainer.batch_size=4", f"hydra.run.dir={run}")
     assert r.code == 0, r
     assert read_manifest(run)["status"] == "completed"
 
@@ -119,7 +121,8 @@ def test_hf_local_dataset_directory(ptcli, tmp_path):
     datasets.Dataset.from_dict({"content": texts}).save_to_disk(str(tmp_path / "local_ds"))
     run = tmp_path / "run"
     r = ptcli("pretrain", "data=hf", f"data.name={tmp_path / 'local_ds'}", "data.text_column=content",
-              "debug=smoke", "tokenizer.vocab_size=100", "trainer.batch_size=4", f"hydra.run.dir={run}")
+              "debug=smoke", *TINY_TRANSFORMER, "tokenizer.vocab_size=100", "trainer.batch_size=4",
+              f"hydra.run.dir={run}")
     assert r.code == 0, r
 
 
@@ -135,7 +138,7 @@ def test_tensorboard_and_mlflow_loggers(ptcli, tmp_path):
     mlflow = require("mlflow", "the `loggers` extra is not installed")
     run = tmp_path / "run"
     store = tmp_path / "mlruns"
-    r = ptcli("pretrain", "debug=smoke", "trainer.max_steps=10", "logger=[tensorboard,mlflow]",
+    r = ptcli("pretrain", "debug=smoke", *TINY_TRANSFORMER, "trainer.max_steps=10", "logger=[tensorboard,mlflow]",
               f"hydra.run.dir={run}", env={"MLFLOW_TRACKING_URI": f"file:{store}", "MLFLOW_ALLOW_FILE_STORE": "true"})
     assert r.code == 0, r
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
@@ -153,7 +156,7 @@ def test_tensorboard_and_mlflow_loggers(ptcli, tmp_path):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     history = client.get_metric_history(runs[0].info.run_id, "train/loss")
     assert [m.step for m in history] == [5, 10]
-    assert runs[0].data.params["model.dim"] == "128"
+    assert runs[0].data.params["model.dim"] == "32"
 
 
 def test_unknown_logger_is_a_usage_error(ptcli, tmp_path):

@@ -6,6 +6,7 @@ import csv
 import json
 
 import pytest
+from conftest import TINY_TRANSFORMER
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +65,9 @@ def test_runs_lists_statuses(ptcli, sweep, tmp_path):
 
     stopped = tmp_path / "stopped"
     env = {**os.environ, "PTCLI_STEP_DELAY": "0.1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "ptcli", "pretrain", "debug=smoke", "trainer.max_steps=200",
-                             f"hydra.run.dir={stopped}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "ptcli", "pretrain", "debug=smoke", *TINY_TRANSFORMER,
+                             "trainer.max_steps=200", f"hydra.run.dir={stopped}"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while not (stopped / "metrics.jsonl").is_file() and time.time() < deadline:
         time.sleep(0.05)

@@ -13,7 +13,8 @@ import pytest
 from conftest import OFFLINE, TINY_TRANSFORMER, read_manifest, read_metrics
 from safetensors.torch import load_file
 
-SMALL = ["debug=smoke", "trainer.log_every=2", "trainer.eval_every=100", "trainer.checkpoint_every=10"]
+SMALL = ["debug=smoke", *TINY_TRANSFORMER, "trainer.log_every=2", "trainer.eval_every=100",
+         "trainer.checkpoint_every=10"]
 
 
 def _weights(run):
@@ -36,13 +37,14 @@ def _wait_for_step(run, step, proc, timeout=120):
     raise AssertionError("run did not reach the step in time")
 
 
+@pytest.mark.slow  # a signal to a real process
 def test_sigkill_and_resume_matches_uninterrupted(ptcli, tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
-    args = [*SMALL, "trainer.max_steps=40", "trainer.checkpoint_every=1"]
+    args = [*SMALL, "trainer.max_steps=16", "trainer.checkpoint_every=1"]
     r = ptcli("pretrain", *args, f"hydra.run.dir={full}")
     assert r.code == 0, r
     proc = _spawn(["pretrain", *args, f"hydra.run.dir={killed}"], {"PTCLI_STEP_DELAY": "0.05"})
-    _wait_for_step(killed, 20, proc)
+    _wait_for_step(killed, 8, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert read_manifest(killed)["status"] == "running"  # killed hard: nothing could record it
@@ -54,9 +56,10 @@ def test_sigkill_and_resume_matches_uninterrupted(ptcli, tmp_path):
     assert train(full) == train(killed)
 
 
+@pytest.mark.slow  # a signal to a real process
 def test_sigint_interrupts_with_checkpoint_and_resumes(ptcli, tmp_path):
     run = tmp_path / "run"
-    args = [*SMALL, "trainer.max_steps=60"]
+    args = [*SMALL, "trainer.max_steps=30"]
     proc = _spawn(["pretrain", *args, f"hydra.run.dir={run}"], {"PTCLI_STEP_DELAY": "0.1"})
     _wait_for_step(run, 4, proc)
     proc.send_signal(signal.SIGINT)
@@ -66,13 +69,14 @@ def test_sigint_interrupts_with_checkpoint_and_resumes(ptcli, tmp_path):
     assert m["status"] == "interrupted" and "SIGINT" in m["error"]
     assert (run / "checkpoints" / "last" / "COMPLETE").is_file()
     stopped_at = m["step"]
-    assert 4 <= stopped_at < 60
+    assert 4 <= stopped_at < 30
     r = ptcli("pretrain", *args, f"resume={run}")
     assert r.code == 0, r
     m = read_manifest(run)
-    assert m["status"] == "completed" and m["step"] == 60 and m["resumed"][0]["step"] == stopped_at
+    assert m["status"] == "completed" and m["step"] == 30 and m["resumed"][0]["step"] == stopped_at
 
 
+@pytest.mark.slow  # a signal to a real process
 def test_sigterm_exits_143(tmp_path):
     run = tmp_path / "run"
     proc = _spawn(["pretrain", *SMALL, "trainer.max_steps=60", f"hydra.run.dir={run}"], {"PTCLI_STEP_DELAY": "0.1"})
@@ -93,7 +97,8 @@ def test_resume_refuses_changed_config_and_completed_runs(ptcli, smoke_pretrain,
 
 def test_non_finite_loss_fails_with_step(ptcli, tmp_path):
     run = tmp_path / "run"
-    r = ptcli("pretrain", "debug=smoke", "optim.lr=1e6", "trainer.clip_grad=null", f"hydra.run.dir={run}")
+    r = ptcli("pretrain", "debug=smoke", *TINY_TRANSFORMER, "optim.lr=1e6", "trainer.clip_grad=null",
+              f"hydra.run.dir={run}")
     assert r.code == 1, r
     m = read_manifest(run)
     assert m["status"] == "failed" and "non-finite loss at step" in m["error"]
@@ -106,7 +111,7 @@ def test_sweep_with_a_failing_job_then_rerun_only_that_job(ptcli, tmp_path):
     good, late = tmp_path / "good.txt", tmp_path / "late.txt"
     good.write_text(text)
     sweep = tmp_path / "sweep"
-    args = ["pretrain", "-m", "debug=smoke", "data=text", f"data.train={good},{late}", "seed=0,1",
+    args = ["pretrain", "-m", "debug=smoke", *TINY_TRANSFORMER, "data=text", f"data.train={good},{late}", "seed=0,1",
             "tokenizer.vocab_size=60", "trainer.batch_size=4", "trainer.max_steps=4", f"hydra.sweep.dir={sweep}"]
     r = ptcli(*args)
     assert r.code == 1, r  # one job of the sweep failed
@@ -127,6 +132,7 @@ def test_sweep_with_a_failing_job_then_rerun_only_that_job(ptcli, tmp_path):
             assert read_manifest(sweep / j["dir"])["ended_at"] == first_end[j["dir"]]  # untouched
 
 
+@pytest.mark.slow  # a signal to a real process
 def test_sigkill_during_checkpoint_write_keeps_last_loadable(tmp_path):
     from ptcli.checkpoint import is_complete, load_state, load_weights
 

@@ -63,6 +63,7 @@ def _resume_alone(ptcli, command: str, run: Path):
     return r, manifest
 
 
+@pytest.mark.slow  # SIGTERM to a real process
 def test_finetune_resumed_with_resume_alone_is_bitwise_exact(ptcli, smoke_pretrain, cache_dir, tmp_path):
     args = ["finetune", "debug=smoke", f"pretrained={smoke_pretrain}", "data.labels_per_class=8", "seed=3",
             "trainer.max_steps=12", "trainer.eval_every=4", "trainer.patience=2", *EVERY_STEP]
@@ -81,6 +82,7 @@ def test_finetune_resumed_with_resume_alone_is_bitwise_exact(ptcli, smoke_pretra
     assert {name: (cut / name).read_bytes() for name in fitted} == fitted
 
 
+@pytest.mark.slow  # SIGTERM to a real process
 def test_simclr_resumed_with_resume_alone_is_bitwise_exact(ptcli, cache_dir, tmp_path):
     args = ["pretrain", "model=convnet", "objective=simclr", "data=digits", "debug=smoke", "model.width=8",
             "model.stages=2", "objective.proj_dim=16", "objective.proj_hidden=32", "trainer.batch_size=32",
@@ -98,6 +100,7 @@ def test_simclr_resumed_with_resume_alone_is_bitwise_exact(ptcli, cache_dir, tmp
     assert {k: v for k, v in full_metrics.items() if "init" not in k} == manifest["metrics"]
 
 
+@pytest.mark.slow  # SIGTERM to a real process
 def test_resumed_finetune_keeps_its_labels_and_subsample(ptcli, smoke_pretrain, cache_dir, tmp_path):
     """Tampered files prove it: the resumed run trains on the stored subsample and label order, and leaves both
     files as they are instead of fitting them again."""
@@ -119,6 +122,7 @@ def test_resumed_finetune_keeps_its_labels_and_subsample(ptcli, smoke_pretrain, 
     assert list(report["per_class"]) == labels["names"][::-1]  # scored with the stored label order
 
 
+@pytest.mark.slow  # SIGTERM to a real process
 def test_resume_refuses_a_subsample_that_does_not_fit_the_data(ptcli, smoke_pretrain, cache_dir, tmp_path):
     args = ["finetune", "debug=smoke", f"pretrained={smoke_pretrain}", "data.labels_per_class=8",
             "trainer.max_steps=10", *EVERY_STEP]

@@ -57,6 +57,7 @@ def _env(cache_dir: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow  # concurrent processes
 def test_eight_concurrent_default_named_runs_are_eight_completed_runs(cache_dir, smoke_pretrain, tmp_path):
     # (smoke_pretrain: the data and tokenizer caches are warm, so the 8 processes only start up and train)
     # Every name of the next two minutes already holds someone's run, so each of the 8 processes must find a
@@ -98,6 +99,7 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+@pytest.mark.slow  # concurrent processes
 def test_unique_run_dir_is_race_free_across_processes(tmp_path):
     code = ("import sys, time; from ptcli.rundir import unique_run_dir; t = float(sys.argv[1]);"
             "time.sleep(max(0.0, t - time.time())); print(unique_run_dir('runs/x'))")
@@ -131,6 +133,7 @@ def test_resume_of_a_live_run_is_refused_naming_its_pid(ptcli, smoke_pretrain, t
     assert lock_holder(run) is None
 
 
+@pytest.mark.slow  # concurrent processes
 def test_resume_while_ptcli_is_training_the_run_is_refused(ptcli, cache_dir, smoke_pretrain, tmp_path):
     import signal
 

@@ -39,6 +39,7 @@ def _assert_all_completed(sweep: Path, n: int) -> dict:
     return summary
 
 
+@pytest.mark.slow  # a launcher that starts processes
 def test_joblib_sweep_runs_jobs_in_parallel_processes(ptcli, tmp_path):
     sweep = tmp_path / "sweep"
     r = ptcli("pretrain", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *FAST, "seed=0,1",
@@ -50,6 +51,7 @@ def test_joblib_sweep_runs_jobs_in_parallel_processes(ptcli, tmp_path):
     assert "Joblib.Parallel(n_jobs=2" in r.stderr and f"sweep {sweep}: 2/2 completed" in r.stderr
 
 
+@pytest.mark.slow  # a launcher that starts processes
 def test_submitit_local_sweep(ptcli, tmp_path):
     sweep = tmp_path / "sweep"
     r = ptcli("pretrain", "-m", "hydra/launcher=submitit_local", *FAST, "seed=0,1", f"hydra.sweep.dir={sweep}")
@@ -58,6 +60,7 @@ def test_submitit_local_sweep(ptcli, tmp_path):
     assert list((sweep / ".submitit").glob("*/*_result.pkl")), "jobs did not run through submitit"
 
 
+@pytest.mark.slow  # a launcher that starts processes
 def test_a_failing_job_in_another_process_fails_the_sweep(ptcli, tmp_path):
     sweep = tmp_path / "sweep"
     r = ptcli("pretrain", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *FAST, "optim.lr=1e-3,1e6",
@@ -72,6 +75,7 @@ def test_a_failing_job_in_another_process_fails_the_sweep(ptcli, tmp_path):
     assert "non-finite loss" in r.stderr  # the parent names the job's error
 
 
+@pytest.mark.slow  # a launcher that starts processes
 def test_optuna_searches_lr_and_reports_the_best(ptcli, tmp_path):
     sweep = tmp_path / "sweep"
     # the preset makes it a sweep (no -m); trials run two at a time in joblib's worker processes
