@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import require
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+# Each script is its own process with its own imports and warm-up: CI (scripts/test.sh) runs them, the inner loop not.
+pytestmark = pytest.mark.slow
 
 
 def run_script(name: str, *args: str, cache_dir: Path) -> str:

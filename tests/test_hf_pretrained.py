@@ -89,7 +89,8 @@ def test_init_from_hf_trains_resumes_finetunes_and_exports(ptcli, tiny_bert, tmp
     assert m["status"] == "completed" and m["step"] == 20 and m["metrics"]["val/loss"] < first
 
     ft = tmp_path / "ft"
-    r = ptcli("finetune", f"pretrained={pre}", "pooling=cls", "debug=smoke", f"hydra.run.dir={ft}")
+    r = ptcli("finetune", f"pretrained={pre}", "pooling=cls", "debug=smoke", "trainer.max_steps=4",
+              f"hydra.run.dir={ft}")
     assert r.code == 0, r
     assert_exports_as(ptcli, ft, tmp_path / "export", "BertForSequenceClassification")
 
