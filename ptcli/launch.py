@@ -338,6 +338,9 @@ def _explain_config_error(exc: BaseException, command: str, args: list[str]) -> 
             if close:
                 msg += f" Did you mean '{parent + '.' if parent else ''}{close[0]}'?"
             msg += f" Valid keys in '{parent or '<root>'}': {', '.join(sorted(valid))}."
+        owners = _sources_with(leaf) if parent == "data" else []
+        if owners:  # a key of another data source (one schema per source): say which sources have it
+            msg += f" '{leaf}' is a key of {', '.join('data=' + o for o in owners)}."
         msg += " To add a new key on purpose, prefix it with '+'."
         return msg
     if "Could not find" in text or "Could not load" in text:
@@ -350,6 +353,14 @@ def _explain_config_error(exc: BaseException, command: str, args: list[str]) -> 
         return " ".join(text.split())
     detail = f" ({cause})" if cause is not None and str(cause) not in text else ""
     return " ".join((text + detail).split())
+
+
+def _sources_with(key: str) -> list[str]:
+    from dataclasses import fields
+
+    from ptcli.data.sources import SOURCE_SCHEMAS
+
+    return [name for name, schema in SOURCE_SCHEMAS.items() if key in {f.name for f in fields(schema)}]
 
 
 def _keys_at(command: str, args: list[str], parent: str) -> list[str]:
