@@ -111,6 +111,7 @@ class TransformerEncoder(nn.Module):
     produces = "token_states"  # [B, T, dim] hidden states
     finetune_head = "sequence_classifier"
     hf_export = "esm"  # ptcli export writes it as EsmForMaskedLM / EsmForSequenceClassification
+    selects_positions = True  # forward(..., only=mask): the last block runs at those positions only (MaskedLM)
 
     # Defaults: TransformerConfig (one place; the YAML and direct callers both get them from there).
     def __init__(self, vocab_size: int, dim: int = TransformerConfig.dim, layers: int = TransformerConfig.layers,

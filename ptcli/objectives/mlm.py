@@ -70,6 +70,9 @@ def mask_tokens(
 class MaskedLM(nn.Module):
     """Encoder + MLM head (dense, GELU, LayerNorm, decoder tied to the token embedding).
 
+    Any text encoder fits (``produces = "token_states"``, attributes ``dim`` and ``vocab_size``). The decoder is
+    tied to its ``tok_emb`` when it has one (else a decoder of its own), and an encoder that declares
+    ``selects_positions`` (ptcli's ``TransformerEncoder``) computes its last block at masked positions only.
     ``head`` replaces that head with an existing one mapping hidden states to vocabulary logits (the
     pre-trained head of a transformers checkpoint, for continued pre-training).
     """
@@ -93,6 +96,8 @@ class MaskedLM(nn.Module):
         if head is None:
             self.transform = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim))
             self.decoder_bias = nn.Parameter(torch.zeros(vocab))
+            if not isinstance(getattr(encoder, "tok_emb", None), nn.Embedding):
+                self.decoder = nn.Linear(dim, vocab, bias=False)  # nothing to tie to
         else:
             self.head = head
         self.mask_rate, self.mask_token_share, self.random_token_share = mask_rate, mask_token_share, random_token_share
@@ -115,9 +120,13 @@ class MaskedLM(nn.Module):
         where = labels != IGNORE
         if hasattr(self, "head"):
             logits = self.head(self.encoder(input_ids)[where])
-        else:  # ptcli's encoder computes its last block at the masked positions only
-            hidden = self.encoder(input_ids, only=where)
-            logits = F.linear(self.transform(hidden), self.encoder.tok_emb.weight, self.decoder_bias)
+        else:
+            if getattr(self.encoder, "selects_positions", False):  # last block at the masked positions only
+                hidden = self.encoder(input_ids, only=where)
+            else:
+                hidden = self.encoder(input_ids)[where]
+            weight = self.decoder.weight if hasattr(self, "decoder") else self.encoder.tok_emb.weight
+            logits = F.linear(self.transform(hidden), weight, self.decoder_bias)
         target = labels[where]
         loss_sum = F.cross_entropy(logits.float(), target, reduction="sum")
         n = target.numel()
