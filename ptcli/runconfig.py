@@ -32,6 +32,7 @@ MLM_LR = {"scratch": 2e-3, "hf": 1e-4}
 TUNABLE_MODEL_KEYS = ("model.dropout",)
 # init_from=hf: copies the checkpoint's config and tokenizer here, in the run directory (the model points there).
 HF_MODEL_DIR = "hf_model"
+MAX_SEED = 2**62
 # A fine-tune of a transformers checkpoint reads at most this many tokens per example.
 HF_FINETUNE_MAX_LEN = 128
 
@@ -64,6 +65,9 @@ def resolve_run_config(cfg: DictConfig, command: str, run_dir: Path, overrides: 
     trust-checked) ``cfg`` and the user's ``overrides``; ``cfg`` itself is not changed."""
     out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     OmegaConf.set_struct(out, True)
+    seed = out.get("seed", 0)
+    if not 0 <= seed < MAX_SEED:  # torch generators take 64-bit seeds, and recipes seed some with seed + k
+        raise UsageError(f"seed={seed}: choose a seed between 0 and {MAX_SEED - 1}.")
     if out.get("resume"):
         _adopt_from_resumed(out)
     if command == "pretrain":

@@ -215,3 +215,14 @@ def test_hub_dataset_error_online_does_not_blame_the_network(ptcli, tmp_path):
     assert "offline" not in r.stderr.lower(), r
     if (tmp_path / "run" / "run.json").exists():
         assert read_manifest(tmp_path / "run")["status"] == "failed"
+
+
+@pytest.mark.parametrize("seed", ["-3", "1000000000000000000000000000000"])
+def test_a_seed_out_of_range_is_a_config_error(seed, tmp_path, capsys):
+    """Found by scripts/fuzz_cli.py: a 100-bit seed overflowed torch's generator inside the run (exit 1, internal
+    error). It is the user's to fix: exit 2 before the run directory is written."""
+    from ptcli.launch import launch
+
+    assert launch("finetune", ["debug=smoke", f"seed={seed}", f"hydra.run.dir={tmp_path / 'run'}"]) == 2
+    assert f"seed={seed}" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "run.json").exists()
