@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ptcli.data.pydocs import extract_docstrings, load_pydocs
 from ptcli.data.sources import Pydocs
 
 
+@pytest.mark.slow  # extracts the standard library's docstrings twice
 def test_extraction_is_deterministic_with_disjoint_splits():
     a, b = extract_docstrings(), extract_docstrings()
     assert a == b

@@ -46,6 +46,7 @@ def test_report_without_runs_is_a_usage_error(ptcli, tmp_path):
     assert r.code == 2 and "no completed run" in r.stderr
 
 
+@pytest.mark.slow  # SIGINT to a real process
 def test_runs_lists_statuses(ptcli, sweep, tmp_path):
     bad = tmp_path / "bad"
     r = ptcli("pretrain", "debug=smoke", "data=text", f"data.train={tmp_path / 'missing.csv'}", f"hydra.run.dir={bad}")

@@ -108,6 +108,7 @@ def test_resume_continues_with_exactly_the_same_batches(corpus):
             b.close()
 
 
+@pytest.mark.slow  # SIGKILL to a real process
 def test_streaming_pretrain_completes_and_resumes_exactly(ptcli, tmp_path):
     data = tmp_path / "corpus.txt"
     _corpus_file(data)

@@ -239,6 +239,7 @@ def _hold_lock(job_dir: Path):
     return proc
 
 
+@pytest.mark.slow  # three sweeps and a lock held by another process
 def test_rerun_refuses_jobs_of_other_overrides_and_never_touches_a_live_one(ptcli, tmp_path):
     from ptcli import rundir
 
