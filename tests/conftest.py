@@ -91,6 +91,11 @@ def needs_process(args: tuple[str, ...], env: dict | None) -> bool:
     return any(k in PROCESS_ENV and os.environ.get(k) != v for k, v in (env or {}).items())
 
 
+# torch's thread count in a new process (the first in-process run records it): a test that called code setting
+# trainer.num_threads without this runner must not slow every later run down.
+_FRESH_THREADS: dict[str, int] = {}
+
+
 class _Timeout(BaseException):
     """Raised by SIGALRM in an in-process run that takes longer than its timeout (never caught by ptcli)."""
 
@@ -128,6 +133,7 @@ def run_in_process(args: tuple[str, ...], cwd: Path | None, env: dict, timeout: 
     os.environ.clear()
     os.environ.update(env)
     sys.argv = ["ptcli", *args]
+    torch.set_num_threads(_FRESH_THREADS.setdefault("n", torch.get_num_threads()))  # a new process's count
     _reset_command_state()
     try:
         if cwd is not None:
