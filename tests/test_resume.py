@@ -48,7 +48,7 @@ def test_sigkill_and_resume_matches_uninterrupted(ptcli, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert read_manifest(killed)["status"] == "running"  # killed hard: nothing could record it
-    r = ptcli("pretrain", *args, f"resume={killed}")
+    r = ptcli("pretrain", f"resume={killed}")  # alone: the run's stored overrides are replayed
     assert r.code == 0, r
     a, b = _weights(full), _weights(killed)
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)  # bitwise identical
