@@ -141,7 +141,9 @@ def test_freeze_encoder_trains_the_head_only(ptcli, smoke_pretrain, tmp_path):
         assert encoder and head
         assert all(torch.equal(tuned[k], pretrained[k]) for k in encoder)  # bitwise the pretrained encoder
         moved = max((tuned[k] - initial[k]).abs().max().item() for k in head)
-        assert moved > 1e-3, (name, moved)
+        # Adam moves each weight about head_lr (1e-3) per step, warmed up; an untrained head moves ~1e-30. The best
+        # checkpoint may be an early one, so the bound is one tenth of a step (measured: 1.0e-3 at the least).
+        assert moved > 1e-4, (name, moved)
 
 
 # ------------------------------------------------------------------------------------------- images
