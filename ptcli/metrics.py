@@ -1,4 +1,5 @@
-"""Classification metrics from a confusion matrix (no extra dependency, exact for any label set)."""
+"""Classification metrics: accuracy, macro-F1 and per-class precision/recall/F1/support with the confusion
+matrix, computed by ``sklearn.metrics`` over a fixed label set (every class of the run, present or not)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ import numpy as np
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (np.asarray(y_true), np.asarray(y_pred)), 1)
-    return cm
+    """``[num_classes, num_classes]`` counts, rows = true class, columns = predicted class."""
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    if y_true.size == 0:  # scikit-learn refuses an empty split; its confusion matrix is all zeros
+        return np.zeros((num_classes, num_classes), dtype=np.int64)
+    from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
+    return sk_confusion_matrix(y_true, y_pred, labels=np.arange(num_classes)).astype(np.int64)
 
 
 def split_metrics(report: dict, split: str) -> dict[str, float]:
@@ -21,18 +26,26 @@ def split_metrics(report: dict, split: str) -> dict[str, float]:
 
 
 def classification_report(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> dict:
-    """Accuracy, macro-F1 and per-class precision/recall/F1/support; rows of ``confusion`` = true class."""
-    cm = confusion_matrix(y_true, y_pred, len(names))
-    tp = np.diag(cm).astype(float)
-    support = cm.sum(1)
-    predicted = cm.sum(0)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    present = support > 0  # macro average over classes that occur in the evaluated split
+    """Accuracy, macro-F1 and per-class precision/recall/F1/support; rows of ``confusion`` = true class.
+
+    ``macro_f1`` averages F1 over the classes that occur in the evaluated split (scikit-learn's
+    ``f1_score(average="macro", labels=<classes present>)``): a class absent from a small test split would add
+    a 0 that says nothing about the model. A class with no prediction (or no example) scores 0, not a warning.
+    """
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    k = len(names)
+    cm = confusion_matrix(y_true, y_pred, k)
+    if y_true.size:
+        from sklearn.metrics import precision_recall_fscore_support
+
+        precision, recall, f1, support = precision_recall_fscore_support(
+            y_true, y_pred, labels=np.arange(k), average=None, zero_division=0)
+    else:
+        precision = recall = f1 = np.zeros(k)
+        support = np.zeros(k, dtype=np.int64)
+    present = support > 0
     return {
-        "accuracy": float(tp.sum() / max(cm.sum(), 1)),
+        "accuracy": float(np.trace(cm) / max(cm.sum(), 1)),
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
         "per_class": {
             n: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}

@@ -50,6 +50,7 @@ def test_simclr_finetune_and_evaluate(ptcli, simclr_run, tmp_path):
     metrics = json.loads(r.stdout)
     assert {"test/knn_acc", "test/linear_acc"} <= set(metrics)
     assert "knn(k=20, temperature=0.07" in r.stderr  # the protocol is printed beside the score
+    assert "linear(solver=lbfgs, C=1.0, max_iter=1000)" in r.stderr
 
 
 def _write_pngs(root, channels):
