@@ -20,6 +20,11 @@ import pytest
 TINY_TRANSFORMER = ["model.dim=32", "model.heads=2", "model.layers=2", "model.ffn_dim=64"]
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 os.environ.update(OFFLINE)
+# Under pytest-xdist (pyproject.toml: -n auto) each worker gets one core's worth of threads, it and the processes
+# its tests start (before torch is imported): N workers x all cores each would only fight over the cores.
+XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+if XDIST_WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // XDIST_WORKERS)))
 
 # scripts/setup.sh installs every extra (hf, loggers, bench, sweep, dev): in CI a missing one means a broken
 # environment, and a skipped test would hide exactly the features that extra exists for.
@@ -60,9 +65,18 @@ def pytest_make_collect_report(collector):
     return report
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    # The slow tests (real processes) first: xdist workers then fill the end of the run with short tests
+    # instead of one worker finishing a 30 s test while the other idles.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("cache")
+    # One cache (corpus, tokenizers) for all xdist workers of this run: ptcli writes its entries atomically.
+    base = tmp_path_factory.getbasetemp()
+    path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "cache"
+    path.mkdir(exist_ok=True)
     os.environ["PTCLI_CACHE"] = str(path / "ptcli")
     os.environ["HF_DATASETS_CACHE"] = str(path / "hf")
     return path

@@ -11,7 +11,8 @@ import time
 import pytest
 from conftest import OFFLINE, TINY_TRANSFORMER, read_manifest, read_metrics
 
-pytestmark = pytest.mark.slow  # torchrun starts real processes
+# slow: torchrun starts real processes; one xdist group: the module's DDP run (ddp_run) is made once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("distributed")]
 
 SMOKE = ["debug=smoke", *TINY_TRANSFORMER]
 
