@@ -254,6 +254,81 @@ def embed(
     raise typer.Exit(_guarded(run))
 
 
+configs_app = typer.Typer(help="List config groups, options and experiment presets; show, copy or validate one.",
+                          no_args_is_help=True)
+app.add_typer(configs_app, name="configs")
+ConfigDirOpt = typer.Option(None, "--config-dir", "-cd", help="Your own config directory (as for the training verbs).")
+
+
+@configs_app.command("list")
+def configs_list(
+    config_dir: Path | None = ConfigDirOpt,
+    json_out: bool = typer.Option(False, "--json", help="Print the groups and options as one JSON object."),
+) -> None:
+    """Every config group, its options (defaults marked) and the experiment presets, one line on each."""
+
+    def run() -> None:
+        from ptcli.configs import catalog, format_catalog
+
+        groups = catalog(config_dir)
+        if json_out:
+            import json
+
+            typer.echo(json.dumps({g: [o.to_json() for o in opts] for g, opts in groups.items()}))
+        else:
+            typer.echo(format_catalog(groups))
+
+    raise typer.Exit(_guarded(run))
+
+
+@configs_app.command("show")
+def configs_show(
+    name: str = typer.Argument(..., help="GROUP/NAME, e.g. model/transformer or experiment/pretrain_mlm_long."),
+    config_dir: Path | None = ConfigDirOpt,
+) -> None:
+    """Print one option's YAML file as shipped (comments included)."""
+
+    def run() -> None:
+        from ptcli.configs import show
+
+        typer.echo(show(name, config_dir), nl=False)
+
+    raise typer.Exit(_guarded(run))
+
+
+@configs_app.command("copy")
+def configs_copy(
+    name: str = typer.Argument(..., help="GROUP/NAME to copy."),
+    dest: Path = typer.Argument(..., help="A config directory (the copy goes to DEST/GROUP/) or a .yaml file."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+) -> None:
+    """Copy an option or preset as a starting point for --config-dir (like torchtune's `tune cp`)."""
+
+    def run() -> None:
+        from ptcli.configs import copy
+
+        target, hint = copy(name, dest, force=force)
+        typer.echo(f"ptcli: wrote {target}. {hint}", err=True)
+
+    raise typer.Exit(_guarded(run))
+
+
+@configs_app.command("validate")
+def configs_validate(
+    file: Path = typer.Argument(..., help="A run's config.yaml, or an option file such as myconf/model/wide.yaml."),
+    group: str | None = typer.Option(None, "--group", help="The option file's config group (default: its folder)."),
+    config_dir: Path | None = ConfigDirOpt,
+) -> None:
+    """Check a config file against ptcli's schemas: exit 0, or 2 naming the bad key."""
+
+    def run() -> None:
+        from ptcli.configs import validate
+
+        typer.echo(validate(file, group, config_dir))
+
+    raise typer.Exit(_guarded(run))
+
+
 def _quote(value: str) -> str:
     # Paths with Hydra grammar characters (=, comma, spaces, ...) must be quoted to stay one value.
     if any(c in value for c in " ,=[]{}()'\"\\:$"):

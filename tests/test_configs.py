@@ -28,6 +28,9 @@ COMMANDS = ("pretrain", "finetune", "evaluate")
 # Groups chosen with `+group=option` (in no command's defaults list) that apply to a command: the options of
 # hparams_search are named after the command they search.
 OPT_IN = ("hparams_search",)
+# Presets (conf/experiment/) choose their own model/objective/data, so they are composed as a user runs them,
+# without the text/image stack below, and only into the command their name begins with (pretrain_...).
+PRESETS = ("experiment",)
 # Options that need an image stack around them; every other option is composed with the text stack.
 IMAGE_OPTIONS = {"model": {"convnet"}, "objective": {"simclr"}, "data": {"digits", "images"}}
 TEXT_STACK = {"model": "transformer", "objective": "mlm", "data": "pydocs"}
@@ -58,7 +61,10 @@ def cases() -> list[tuple[str, str, str]]:
         choices = default_choices(command)
         for group, options in groups().items():
             for option in options:
-                if group in choices or (group in OPT_IN and option.startswith(command)):
+                if group in PRESETS:
+                    if option.startswith(command + "_"):
+                        out.append((command, group, option))
+                elif group in choices or (group in OPT_IN and option.startswith(command)):
                     out.append((command, group, option))
     return out
 
@@ -85,7 +91,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
 def compose_case(command: str, group: str, option: str, files: dict[str, Path]) -> DictConfig:
     choices = default_choices(command)
     stack = IMAGE_STACK if option in IMAGE_OPTIONS.get(group, ()) else TEXT_STACK
-    overrides = [f"{g}={o}" for g, o in stack.items() if g in choices and g != group]
+    overrides = [f"{g}={o}" for g, o in stack.items() if g in choices and g != group and group not in PRESETS]
     overrides.append(f"{group}={option}" if group in choices else f"+{group}={option}")
     overrides += ["debug=smoke"] if "debug" in choices and group != "debug" else []
     if command == "evaluate":
@@ -158,3 +164,18 @@ def test_option_composes_and_instantiates(command, group, option, files):
     if command == "pretrain":
         assert isinstance(built["objective"], torch.nn.Module)
         assert any(p is q for p in built["objective"].parameters() for q in built["model"].parameters())
+
+
+def test_every_preset_is_for_a_command_and_composes_as_shipped(files):
+    """A preset keeps what it sets: debug=smoke and the tiny-model shrink above are the only changes."""
+    presets = groups().get("experiment", [])
+    assert presets, "conf/experiment/ ships presets (ptcli configs list)"
+    for option in presets:
+        command = option.split("_", 1)[0]
+        assert command in COMMANDS, f"experiment/{option}: name it after its command (pretrain_..., finetune_...)"
+        cfg = compose_case(command, "experiment", option, files)
+        with initialize_config_dir(str(conf_dir()), version_base=None):
+            plain = compose(config_name=command, overrides=[f"experiment={option}"])
+        assert cfg.model._target_ == plain.model._target_ and cfg.data._target_ == plain.data._target_
+        if command == "pretrain":
+            assert cfg.objective._target_ == plain.objective._target_
