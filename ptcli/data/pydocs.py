@@ -27,7 +27,13 @@ def stdlib_root() -> Path:
 
 
 def _source_files(root: Path) -> list[Path]:
-    return [p for p in sorted(root.rglob("*.py")) if not EXCLUDED_PARTS.intersection(p.relative_to(root).parts)]
+    # Pruned walk: every run fingerprints the tree, and rglob would also walk site-packages (often the largest part
+    # of the stdlib folder) only to drop it.
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in EXCLUDED_PARTS]
+        found.extend(Path(folder, f) for f in files if f.endswith(".py") and f not in EXCLUDED_PARTS)
+    return sorted(found)
 
 
 def _split_of(key: str) -> str:
