@@ -2,6 +2,11 @@
 
 A checkpoint is written into a temporary directory, flushed, marked COMPLETE, then renamed over the
 old one, so a process killed at any instant leaves the previous checkpoint loadable.
+
+A LoRA fine-tune (``finetune.lora``) saves peft's layout -- ``<layer>.base_layer.weight`` and the adapters
+``<layer>.lora_A/lora_B.<name>.weight`` -- with the adapters' scaling in the safetensors metadata, so resume
+restores the adapters as trained, and a model without adapters (evaluate, embed, export) loads the merged
+weights ``W + scaling * B @ A``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from ptcli.errors import UsageError
 WEIGHTS = "model.safetensors"
 STATE = "trainer_state.pt"
 MARKER = "COMPLETE"
+# safetensors metadata key: alpha / r of the LoRA adapters in the file (ptcli.models.lora).
+ADAPTER_SCALING = "lora_scaling"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -34,7 +41,10 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_checkpoint(root: Path, name: str, model: nn.Module | dict[str, torch.Tensor],
-                    state: dict[str, Any] | None = None, meta: dict[str, Any] | None = None) -> Path:
+                    state: dict[str, Any] | None = None, meta: dict[str, Any] | None = None,
+                    metadata: dict[str, str] | None = None) -> Path:
+    """Write checkpoint ``name``: the weights (with safetensors ``metadata``), the resume ``state``, the marker
+    holding ``meta``."""
     from safetensors.torch import save_file
 
     root.mkdir(parents=True, exist_ok=True)
@@ -49,7 +59,7 @@ def save_checkpoint(root: Path, name: str, model: nn.Module | dict[str, torch.Te
         ptr = v.untyped_storage().data_ptr() if v.numel() else None
         tensors[k] = v.clone() if ptr is not None and ptr in seen else v
         seen.add(ptr)
-    save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt", "producer": "ptcli"})
+    save_file(tensors, str(tmp / WEIGHTS), metadata={**(metadata or {}), "format": "pt", "producer": "ptcli"})
     if state is not None:
         torch.save(state, tmp / STATE)
     for f in tmp.iterdir():
@@ -136,23 +146,53 @@ def is_complete(path: Path) -> bool:
     return (path / MARKER).is_file() and (path / WEIGHTS).is_file()
 
 
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def load_weights(path: Path, merge_adapters: bool = False) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors as saved; ``merge_adapters``: LoRA adapters merged into the weights they adapt."""
+    from safetensors import SafetensorError, safe_open
 
     file = path / WEIGHTS if path.is_dir() else path
     if not file.is_file():
         raise UsageError(f"no weights at '{file}': the checkpoint is missing or incomplete.")
     try:
-        return load_file(str(file))
+        with safe_open(str(file), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise UsageError(f"cannot read '{file}': {exc}. The file is truncated or corrupted; "
                          "use another checkpoint (checkpoints/best or checkpoints/last).") from exc
+    if merge_adapters and has_adapters(tensors):
+        if ADAPTER_SCALING not in metadata:
+            raise UsageError(f"'{file}' holds LoRA adapters but not their scaling ({ADAPTER_SCALING} in its "
+                             "metadata); it was not written by ptcli and cannot be merged.")
+        tensors = merge_lora(tensors, float(metadata[ADAPTER_SCALING]), str(file))
+    return tensors
+
+
+def has_adapters(tensors: dict[str, torch.Tensor]) -> bool:
+    return any(".lora_A." in k for k in tensors)
+
+
+def merge_lora(tensors: dict[str, torch.Tensor], scaling: float, where: str = "") -> dict[str, torch.Tensor]:
+    """peft's LoRA layout -> plain weights: ``<layer>.weight = base_layer.weight + scaling * lora_B @ lora_A``
+    (linear layers), every other tensor under its name without ``base_layer``."""
+    out = {k.replace(".base_layer.", ".", 1): v for k, v in tensors.items() if ".lora_A." not in k and
+           ".lora_B." not in k}
+    for key, a in tensors.items():
+        if ".lora_A." not in key:
+            continue
+        layer, adapter = key.split(".lora_A.", 1)
+        b, w = tensors.get(f"{layer}.lora_B.{adapter}"), out.get(f"{layer}.weight")
+        if b is None or w is None or a.ndim != 2 or b.shape[1] != a.shape[0] or w.shape != (b.shape[0], a.shape[1]):
+            raise UsageError(f"'{where}': the LoRA adapter of {layer} does not fit its weight; the checkpoint is "
+                             "damaged or not a ptcli LoRA fine-tune.")
+        out[f"{layer}.weight"] = (w.double() + scaling * (b.double() @ a.double())).to(w.dtype)
+    return out
 
 
 def load_into(model: nn.Module, path: Path, strict: bool = True, prefix: str = "") -> list[str]:
-    """Load a checkpoint's weights (only keys under ``prefix``, stripped); return model keys it lacked."""
-    tensors = load_weights(path)
+    """Load a checkpoint's weights (only keys under ``prefix``, stripped); return model keys it lacked. A LoRA
+    checkpoint loads as saved into a model with adapters (resume), merged into one without (evaluate, embed)."""
+    tensors = load_weights(path, merge_adapters=not has_adapters(model.state_dict()))
     if prefix:
         tensors = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     try:

@@ -27,6 +27,7 @@ from ptcli.data.sources import (
 )
 from ptcli.models.convnet import ConvNetConfig
 from ptcli.models.hf import HFEncoderConfig
+from ptcli.models.lora import LoraConfig
 from ptcli.models.transformer import TransformerConfig
 from ptcli.objectives.mlm import MLMConfig
 from ptcli.objectives.simclr import SimCLRConfig
@@ -36,10 +37,18 @@ from ptcli.trainer import TrainerConfig
 
 __all__ = [
     "RunConfig", "SCHEMAS", "PLAIN_SECTIONS", "LEGACY_KEYS", "component_schemas", "register", "AdamWConfig",
-    "ConvNetConfig", "DataSourceConfig", "DigitsConfig", "HFEncoderConfig", "HubDatasetConfig", "ImageFilesConfig",
-    "MLMConfig", "PydocsConfig", "ScheduleConfig", "SimCLRConfig", "TextFilesConfig", "TokenizerConfig",
-    "TrainerConfig", "TransformerConfig",
+    "ConvNetConfig", "DataSourceConfig", "DigitsConfig", "FinetuneConfig", "HFEncoderConfig", "HubDatasetConfig",
+    "ImageFilesConfig", "LoraConfig", "MLMConfig", "PydocsConfig", "ScheduleConfig", "SimCLRConfig",
+    "TextFilesConfig", "TokenizerConfig", "TrainerConfig", "TransformerConfig",
 ]
+
+
+@dataclass
+class FinetuneConfig:
+    """``finetune``: fine-tuning options grouped under one key (``finetune.lora.r=8``: LoRA adapters, see
+    ptcli/models/lora.py). The older fine-tuning keys (pretrained, init, freeze_encoder, pooling) stay top-level."""
+
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -63,6 +72,7 @@ class RunConfig:
     # finetune (text): mean over tokens (the best measured head start after MLM), or cls (dense-tanh-linear on
     # the first token, as transformers' *ForSequenceClassification; needed for `ptcli export` of the run).
     pooling: str = "mean"
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     resume: str | None = None
     init_from: str | None = None
     # Extra metric loggers beside metrics.jsonl: tensorboard, mlflow, or a list of both.
@@ -86,7 +96,8 @@ SCHEMAS: dict[str, list[type]] = {
     "schedule": [ScheduleConfig],
 }
 # Sections with a fixed schema and no component: validated when loaded, never instantiated.
-PLAIN_SECTIONS: dict[str, type] = {"tokenizer": TokenizerConfig, "trainer": TrainerConfig}
+PLAIN_SECTIONS: dict[str, type] = {"tokenizer": TokenizerConfig, "trainer": TrainerConfig,
+                                   "finetune": FinetuneConfig}
 # Keys that an older ptcli wrote into every section of a slot, whatever the component: a loaded section drops
 # those its schema lacks (``ptcli.build.load_run_config``). data: the one flat DataConfig before each source
 # had its own schema (ptcli/data/sources.py: LEGACY_FLAT_KEYS).

@@ -102,7 +102,7 @@ def export_hf(run_dir: Path, out: Path, force: bool = False) -> Path:
                          "*ForSequenceClassification computes. Fine-tune with pooling=cls to export it, or export "
                          "the pretrain run (ptcli embed gives mean-pooled embeddings of this one).")
     ckpt = trained_checkpoint(run)
-    weights = load_weights(ckpt)
+    weights = load_weights(ckpt, merge_adapters=True)  # a LoRA fine-tune exports with its adapters merged
     transformers = _transformers()
     try:
         if how == "native":

@@ -47,7 +47,12 @@ class TrainerConfig:
     # Early stopping: stop after this many evaluations without improvement (null = never).
     patience: int | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    # fp32 | bf16 | fp16: autocast to that dtype (weights and optimizer stay fp32); fp16 adds a gradient scaler
+    # (dynamic loss scaling, its state in checkpoints/last) since fp16 gradients underflow without one.
+    precision: str = "fp32"
+    # Recompute each transformer block's activations during backward instead of keeping them: less memory
+    # (README "Performance": measured on CPU) for about one more forward pass of compute.
+    activation_checkpointing: bool = False
     strategy: str = "single"  # single | ddp | fsdp (under torchrun)
     compile: bool = False  # torch.compile the training forward/backward
     num_threads: int | None = None
@@ -106,11 +111,38 @@ def check_trainer_config(t: Any) -> None:
         raise UsageError("set trainer.max_steps or trainer.max_epochs")
     if t.checkpoint_every < 0 or t.keep_last < 1:
         raise UsageError("trainer.checkpoint_every must be >= 0 and trainer.keep_last >= 1")
-    if t.precision not in ("fp32", "bf16"):
-        raise UsageError(f"trainer.precision must be fp32 or bf16, got {t.precision!r}")
+    if t.precision not in PRECISIONS:
+        raise UsageError(f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
     dist.check_strategy(t.strategy, t.batch_size)
     if t.clip_grad is not None and t.clip_grad <= 0:
         raise UsageError(f"trainer.clip_grad must be positive or null, got {t.clip_grad}")
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(t: Any, device: torch.device) -> None:
+    """Refuse a ``trainer.precision`` this device cannot compute in (``t``: the ``trainer`` section)."""
+    dtype = PRECISIONS[t.precision]
+    if dtype is None:
+        return
+    bf16_native = device.type != "cuda" or torch.cuda.is_bf16_supported(including_emulation=False)
+    if dtype == torch.bfloat16 and not bf16_native:
+        raise UsageError(f"trainer.precision=bf16: {torch.cuda.get_device_name(device)} has no bf16 arithmetic; "
+                         "use trainer.precision=fp16 (with loss scaling) or fp32.")
+    import warnings
+
+    # An autocast that cannot run in this dtype on this device warns and turns itself off: make that an error.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            torch.autocast(device.type, dtype=dtype)
+            if dtype == torch.float16:
+                torch.amp.GradScaler(device.type)
+        except (RuntimeError, UserWarning) as exc:
+            raise UsageError(f"trainer.precision={t.precision}: torch {torch.__version__} cannot train in "
+                             f"{t.precision} on {device.type} ({' '.join(str(exc).split())[:200]}); use "
+                             f"trainer.precision=fp32{' or bf16' if t.precision == 'fp16' else ''}.") from None
 
 
 def configure_torch(t: Any) -> None:
@@ -126,7 +158,9 @@ def prepare_run(cfg: Any) -> torch.device:
     check_trainer_config(cfg.trainer)
     configure_torch(cfg.trainer)
     seed_everything(cfg.seed)
-    return pick_device(cfg.trainer.device)
+    device = pick_device(cfg.trainer.device)
+    check_precision(cfg.trainer, device)
+    return device
 
 
 def total_steps(t: Any, batches_per_epoch: int) -> int:
@@ -157,11 +191,36 @@ class BestTracker:
         return False
 
 
+def _grad_scaler(device: torch.device, enabled: bool, sharded: bool) -> torch.amp.GradScaler:
+    """Dynamic loss scaling for fp16 (disabled: every call passes through). FSDP's shards need the scaler that
+    agrees across ranks on whether any gradient overflowed."""
+    if sharded and enabled:
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        return ShardedGradScaler(device.type)
+    return torch.amp.GradScaler(device.type, enabled=enabled)
+
+
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """``trainer.activation_checkpointing=true``: every submodule that declares it can recompute its blocks in
+    backward (``set_activation_checkpointing``: ptcli's transformer, transformers checkpoints) does so."""
+    able = [m for m in model.modules() if callable(getattr(m, "set_activation_checkpointing", None))]
+    if not able:
+        raise UsageError(f"trainer.activation_checkpointing=true: {type(getattr(model, 'encoder', model)).__name__} "
+                         "has no transformer blocks to checkpoint (model=transformer and pretrained=hf:... have); "
+                         "set trainer.activation_checkpointing=false.")
+    for m in able:
+        m.set_activation_checkpointing(True)
+
+
 class Trainer:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, run: RunDir, cfg: Any,
                  device: torch.device, total_steps: int, best: BestTracker, tokens_per_batch: int = 0,
-                 extra_state: Callable[[], dict[str, Any]] | None = None) -> None:
+                 extra_state: Callable[[], dict[str, Any]] | None = None,
+                 weights_metadata: dict[str, str] | None = None) -> None:
         self.model, self.optimizer, self.scheduler, self.run, self.cfg = model, optimizer, scheduler, run, cfg
+        # Saved with the weights of every checkpoint (a LoRA fine-tune's adapter scaling: ptcli.checkpoint).
+        self.weights_metadata = weights_metadata
         self.device, self.total_steps, self.best = device, total_steps, best
         self.tokens_per_batch = tokens_per_batch
         self.extra_state = extra_state or (lambda: {})
@@ -174,11 +233,12 @@ class Trainer:
         self.n_acc = 0
         self.patience_left: int | None = cfg.get("patience")
         self._signal: int | None = None
-        self.autocast = (
-            torch.autocast(device.type, dtype=torch.bfloat16)
-            if cfg.precision == "bf16" else contextlib.nullcontext()
-        )
         check_trainer_config(cfg)
+        dtype = PRECISIONS[cfg.precision]
+        self.autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        self.scaler = _grad_scaler(device, enabled=dtype == torch.float16, sharded=dist.is_sharded(model))
+        if cfg.get("activation_checkpointing"):
+            enable_activation_checkpointing(model)
 
     # -- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -193,6 +253,8 @@ class Trainer:
             "best": {"metric": self.best.metric, "value": self.best.value},
             "patience_left": self.patience_left,  # else a resumed run would stop early at another step
             "log_acc": {"loss": self.loss_acc.detach().cpu(), "n": self.n_acc},
+            # fp16: the loss scale and its growth count, else a resumed run would start scaling anew
+            **({"scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else {}),
             **self.extra_state(),
         }
 
@@ -211,6 +273,8 @@ class Trainer:
             self.patience_left = int(state["patience_left"])
         self.loss_acc = ranks[self.rank]["loss"].to(self.device)
         self.n_acc = int(state["log_acc"]["n"])
+        if self.scaler.is_enabled() and state.get("scaler"):  # (a run started in fp32/bf16 has none: scale anew)
+            self.scaler.load_state_dict(state["scaler"])
 
     def resume(self, path: Any) -> dict[str, Any]:
         """Restore weights and trainer state from checkpoint ``path``; return the raw state."""
@@ -233,7 +297,8 @@ class Trainer:
         state = self.state_dict() if name == "last" else None
         self.run.manifest["checkpoints"][name] = {"path": f"checkpoints/{name}", "step": self.step}
         if self.run.writable:
-            path = save_checkpoint(self.run.checkpoints, name, weights, state=state, meta=meta)
+            path = save_checkpoint(self.run.checkpoints, name, weights, state=state, meta=meta,
+                                   metadata=self.weights_metadata)
             if name == "last" and self.cfg.keep_last > 1:
                 kept = rotate_checkpoints(self.run.checkpoints, path, self.step, self.cfg.keep_last)
                 self.run.manifest["checkpoints"]["history"] = kept
@@ -277,13 +342,16 @@ class Trainer:
                         with self.autocast:
                             loss = self._share(step_fn(batch))
                         # DDP/FSDP average gradients over ranks; each rank's share sums to the global loss.
-                        (loss * self.world / cfg.grad_accum).backward()
+                        self.scaler.scale(loss * self.world / cfg.grad_accum).backward()
                         self.loss_acc += loss.detach() / cfg.grad_accum
                     if self.device.type == "cpu" or (self.step + 1) % cfg.log_every == 0:
                         self._check_finite(dist.all_reduce_sum(self.loss_acc))
                     if cfg.clip_grad:
+                        self.scaler.unscale_(self.optimizer)  # clip the true gradients (no-op unless fp16)
                         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
-                    self.optimizer.step()
+                    # fp16: skips the step when a gradient overflowed, and adjusts the loss scale.
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
                     self.optimizer.zero_grad(set_to_none=True)
                     self.scheduler.step()
                     self.step += 1
@@ -298,6 +366,8 @@ class Trainer:
                         now = time.perf_counter()
                         loss = dist.all_reduce_sum(self.loss_acc).item() / self.n_acc
                         values = {"loss": loss, "lr": self.scheduler.get_last_lr()[0]}
+                        if self.scaler.is_enabled():
+                            values["loss_scale"] = self.scaler.get_scale()
                         if self.tokens_per_batch:
                             values["tokens_per_s"] = (self.tokens_per_batch * cfg.grad_accum * self.n_acc
                                                       / max(now - t_last, 1e-9))

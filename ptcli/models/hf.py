@@ -116,6 +116,29 @@ class HFEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """transformers' own gradient checkpointing of its layers, non-reentrant like ptcli's (DDP, FSDP2)."""
+        # transformers 5 renamed gradient_checkpointing_* (deprecated, removed in v6) to activation_checkpointing_*.
+        new_api = hasattr(self.model, "activation_checkpointing_enable")
+        if not enabled:
+            (self.model.activation_checkpointing_disable if new_api else self.model.gradient_checkpointing_disable)()
+            return
+        if not getattr(self.model, "supports_gradient_checkpointing", False):
+            raise UsageError(f"trainer.activation_checkpointing=true: {self.model.config.model_type} checkpoints "
+                             "do not support it in transformers; set trainer.activation_checkpointing=false.")
+        if new_api:
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    @property
+    def lora_targets(self) -> list[str] | None:
+        """finetune.lora.target_modules=null: peft's default modules for this architecture (BERT: query, value)."""
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+        targets = DEFAULTS.get(self.model.config.model_type)
+        return list(targets) if targets else None
+
 
 def load_hf_masked_lm(path: str, random_init: bool = False) -> tuple[nn.Module, nn.Module, str]:
     """``AutoModelForMaskedLM`` split into its backbone and its (single) MLM head module, with the head's name.

@@ -2,11 +2,13 @@
 
 ``pretrained=RUN_DIR`` supplies architecture, tokenizer and weights; ``init=random`` keeps that
 architecture and tokenizer with fresh weights (the fair baseline). Without ``pretrained`` the model
-comes from ``model=`` and a tokenizer is trained on the labeled training split.
+comes from ``model=`` and a tokenizer is trained on the labeled training split. ``finetune.lora.r=N`` trains
+LoRA adapters and the head instead of every weight (ptcli/models/lora.py).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -23,9 +25,12 @@ from ptcli.data.text import SeededBatches, pad_batch, tokenize_texts
 from ptcli.errors import UsageError
 from ptcli.metrics import score_best, score_logits
 from ptcli.models.classifier import init_encoder, text_logits
+from ptcli.models.lora import apply_lora, lora_settings, parameter_counts
 from ptcli.rundir import RunDir
 from ptcli.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer, special_ids
 from ptcli.trainer import BestTracker, Trainer, prepare_run, total_steps
+
+log = logging.getLogger(__name__)
 
 
 class ClassBatches(SeededBatches):
@@ -58,6 +63,7 @@ def load_labeled_splits(cfg: DictConfig, run: RunDir) -> tuple[dict[str, Any], L
 
 def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
     device = prepare_run(cfg)
+    lora = lora_settings(cfg)
 
     # Backbone: the architecture is in cfg.model already (ptcli.runconfig); the tokenizer comes from the
     # pretrained run or checkpoint, or is trained on the labeled training split.
@@ -83,6 +89,12 @@ def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
 
     model = build_classifier(cfg.model, tok.get_vocab_size(), len(labels.names), cfg.pooling)
     init_encoder(model, pretrained_checkpoint(cfg, run, source), cfg.freeze_encoder, f"pretrained={cfg.pretrained}")
+    weights_metadata = apply_lora(model, lora) if lora is not None else None  # (on the loaded pre-trained weights)
+    counts = parameter_counts(model)
+    log.info("trainable parameters: %s of %s (%.2f%%)%s", f"{counts['trainable']:,}", f"{counts['total']:,}",
+             100 * counts["trainable"] / max(counts["total"], 1),
+             f" (LoRA r={lora.r} alpha={lora.alpha} on {weights_metadata['lora_targets']}, and the head)"
+             if weights_metadata else "")
     model.to(device)
     net = dist.parallelize(model, cfg.trainer.strategy, device, cfg.trainer.compile)
 
@@ -91,7 +103,7 @@ def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
     total = total_steps(cfg.trainer, batches.batches_per_epoch)
     scheduler = instantiate(cfg.schedule, "schedule", optimizer=optimizer, total_steps=total)
     run.update(data={"train_examples": len(seqs["train"]), "val_examples": len(seqs["validation"]),
-                     "test_examples": len(seqs.get("test", [])), "classes": len(labels.names)})
+                     "test_examples": len(seqs.get("test", [])), "classes": len(labels.names)}, parameters=counts)
 
     def step_fn(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         ids, mask, y = (dist.to_device(t, device) for t in dist.shard_rows(batch))
@@ -108,7 +120,7 @@ def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
 
     trainer = Trainer(model, optimizer, scheduler, run, cfg.trainer, device, total,
                       BestTracker("val/accuracy", "max"),
-                      extra_state=lambda: {"batches": batches.state_dict()})
+                      extra_state=lambda: {"batches": batches.state_dict()}, weights_metadata=weights_metadata)
     if cfg.resume:
         state = trainer.resume(resume_checkpoint(run))
         batches.load_state_dict(state["batches"])

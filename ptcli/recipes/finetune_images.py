@@ -18,6 +18,7 @@ from ptcli.data.text import SeededBatches
 from ptcli.errors import UsageError
 from ptcli.metrics import score_best, score_logits
 from ptcli.models.classifier import image_logits, init_encoder
+from ptcli.models.lora import lora_settings
 from ptcli.rundir import RunDir
 from ptcli.trainer import BestTracker, Trainer, prepare_run, total_steps
 
@@ -50,6 +51,9 @@ def labeled_image_splits(cfg: DictConfig, run: RunDir) -> tuple[dict[str, tuple[
 
 def finetune_images(cfg: DictConfig, run: RunDir) -> dict[str, float]:
     device = prepare_run(cfg)
+    if lora_settings(cfg) is not None:
+        raise UsageError("finetune.lora: LoRA adapts text encoders (model=transformer, pretrained=hf:...); set "
+                         "finetune.lora.r=0 to fine-tune this image encoder in full.")
     source = RunDir.load(cfg.pretrained) if cfg.pretrained else None  # (image encoders have no hf: checkpoints)
 
     splits, labels = labeled_image_splits(cfg, run)

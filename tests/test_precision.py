@@ -1,0 +1,141 @@
+"""GPU training options, tested on CPU: ``trainer.precision=fp16`` (autocast and a gradient scaler whose state a
+resume restores; torch >= 2.3 computes float16 on CPU) and ``trainer.activation_checkpointing=true`` (the same
+losses and gradients, lower peak memory), and the refusals of settings a device or model cannot honour."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY_TRANSFORMER, read_manifest, read_metrics, require
+from safetensors.torch import load_file
+
+FP16 = ["pretrain", "debug=smoke", *TINY_TRANSFORMER, "trainer.precision=fp16", "trainer.log_every=1",
+        "trainer.eval_every=100"]
+
+
+def _scaler(run) -> dict:
+    return torch.load(run / "checkpoints" / "last" / "trainer_state.pt", weights_only=True)["scaler"]
+
+
+def _train_losses(run) -> list[tuple[int, float]]:
+    return [(e["step"], e["loss"]) for e in read_metrics(run) if e["split"] == "train"]
+
+
+def test_fp16_on_cpu_trains_and_resume_restores_the_gradient_scaler(ptcli, tmp_path):
+    run = tmp_path / "run"
+    r = ptcli(*FP16, "trainer.max_steps=3", f"hydra.run.dir={run}")
+    assert r.code == 0, r
+    logged = read_metrics(run)[0]
+    assert logged["loss_scale"] == 2.0**16 and logged["loss"] == pytest.approx(6.9, abs=0.3)  # ln(1000): chance
+    first = _scaler(run)
+    assert first["_growth_tracker"] == 3  # three steps without an overflow since the scale last changed
+    weights = load_file(str(run / "checkpoints" / "last" / "model.safetensors"))
+    assert all(w.dtype == torch.float32 for w in weights.values())  # autocast: fp32 weights, fp16 compute
+    r = ptcli("pretrain", f"resume={run}", "trainer.max_steps=6")
+    assert r.code == 0, r
+    assert read_manifest(run)["status"] == "completed"
+    # A scaler started afresh on resume would count 3, not 6.
+    assert _scaler(run) == {**first, "_growth_tracker": 6}
+
+
+def test_precision_the_device_cannot_do_is_refused():
+    from omegaconf import OmegaConf
+
+    from ptcli.errors import UsageError
+    from ptcli.trainer import TrainerConfig, check_precision, check_trainer_config
+
+    check_precision(OmegaConf.create({"precision": "fp16"}), torch.device("cpu"))  # supported: no error
+    with pytest.raises(UsageError, match=r"trainer.precision=fp16: .* on meta"):
+        check_precision(OmegaConf.create({"precision": "fp16"}), torch.device("meta"))
+    t = OmegaConf.structured(TrainerConfig(precision="fp8"))
+    with pytest.raises(UsageError, match="trainer.precision must be one of fp32, bf16, fp16"):
+        check_trainer_config(t)
+
+
+def test_activation_checkpointing_gives_the_same_losses(ptcli, tmp_path):
+    # MLM pre-training: the last block's masked-positions path (only=) is checkpointed too; dropout on, so the
+    # recomputation must replay the same dropout masks.
+    args = ["pretrain", "debug=smoke", *TINY_TRANSFORMER, "model.dropout=0.1", "trainer.max_steps=3",
+            "trainer.log_every=1", "trainer.eval_every=100"]
+    r = ptcli(*args, f"hydra.run.dir={tmp_path / 'plain'}")
+    assert r.code == 0, r
+    r = ptcli(*args, "trainer.activation_checkpointing=true", f"hydra.run.dir={tmp_path / 'ckpt'}")
+    assert r.code == 0, r
+    plain, ckpt = _train_losses(tmp_path / "plain"), _train_losses(tmp_path / "ckpt")
+    assert len(plain) == 3 and [s for s, _ in plain] == [s for s, _ in ckpt]
+    assert [loss for _, loss in ckpt] == pytest.approx([loss for _, loss in plain], rel=1e-5)
+
+
+def peak_allocated(fn) -> int:
+    """Peak bytes held by torch's CPU allocator while ``fn`` runs (the profiler's allocation events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    now = peak = 0
+    for e in events:
+        now += e.nbytes()
+        peak = max(peak, now)
+    return peak
+
+
+def test_activation_checkpointing_same_gradients_less_memory():
+    from ptcli.models.transformer import TransformerEncoder
+
+    torch.manual_seed(0)
+    encoder = TransformerEncoder(500, dim=64, heads=4, layers=4, ffn_dim=256)
+    ids = torch.randint(0, 500, (8, 128))
+    only = torch.rand(8, 128) < 0.15
+
+    def step(checkpointing: bool):
+        encoder.zero_grad(set_to_none=True)
+        encoder.set_activation_checkpointing(checkpointing)
+        peak = peak_allocated(lambda: encoder(ids, only=only).square().mean().backward())
+        return peak, [p.grad.clone() for p in encoder.parameters()]
+
+    peak_plain, grads_plain = step(False)
+    peak_ckpt, grads_ckpt = step(True)
+    for a, b in zip(grads_plain, grads_ckpt, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+    # Kept activations: four blocks' worth without, one block's (plus block inputs) with.
+    assert peak_ckpt < 0.6 * peak_plain, (peak_ckpt, peak_plain)
+
+
+def test_activation_checkpointing_of_a_transformers_encoder_same_gradients():
+    from ptcli.models.hf import HFEncoder
+
+    transformers = require("transformers", "the `hf` extra is not installed")
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, hidden_dropout_prob=0.1)
+    torch.manual_seed(0)
+    encoder = HFEncoder("unused", model=transformers.BertModel(config, add_pooling_layer=False)).train()
+    ids = torch.randint(0, 100, (4, 16))
+
+    def grads(checkpointing: bool) -> list[torch.Tensor]:
+        encoder.zero_grad(set_to_none=True)
+        encoder.set_activation_checkpointing(checkpointing)
+        torch.manual_seed(1)
+        encoder(ids).square().mean().backward()
+        return [p.grad.clone() for p in encoder.parameters()]
+
+    def active() -> bool:  # (transformers 5 renamed is_gradient_checkpointing)
+        m = encoder.model
+        return m.is_activation_checkpointing if hasattr(type(m), "is_activation_checkpointing") else \
+            m.is_gradient_checkpointing
+
+    plain = grads(False)
+    assert not active()
+    checkpointed = grads(True)
+    assert active()
+    for a, b in zip(plain, checkpointed, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_activation_checkpointing_without_transformer_blocks_is_refused(ptcli, tmp_path):
+    r = ptcli("pretrain", "model=convnet", "objective=simclr", "data=digits", "debug=smoke", "model.width=8",
+              "model.stages=2", "trainer.max_steps=1", "trainer.activation_checkpointing=true",
+              f"hydra.run.dir={tmp_path / 'r'}")
+    assert r.code == 2, r
+    assert "trainer.activation_checkpointing=true: ConvNet" in r.stderr
