@@ -75,7 +75,7 @@ class RunConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     resume: str | None = None
     init_from: str | None = None
-    # Extra metric loggers beside metrics.jsonl: tensorboard, mlflow, or a list of both.
+    # Extra metric loggers beside metrics.jsonl: tensorboard, mlflow, wandb, or a list of them.
     logger: Any = None
     # evaluate: the run directory being scored
     run_dir: str | None = None

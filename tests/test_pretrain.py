@@ -160,5 +160,5 @@ def test_tensorboard_and_mlflow_loggers(ptcli, tmp_path):
 
 
 def test_unknown_logger_is_a_usage_error(ptcli, tmp_path):
-    r = ptcli("pretrain", "debug=smoke", "logger=wandb", f"hydra.run.dir={tmp_path / 'run'}")
-    assert r.code == 2 and "wandb" in r.stderr and "tensorboard" in r.stderr, r
+    r = ptcli("pretrain", "debug=smoke", "logger=comet", f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.code == 2 and "comet" in r.stderr and "tensorboard" in r.stderr and "wandb" in r.stderr, r
