@@ -9,6 +9,7 @@ command it is for (so a bad key fails exactly as it would at ``ptcli pretrain``)
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import shutil
 import tempfile
@@ -63,6 +64,7 @@ def description(path: Path) -> str:
     return ""
 
 
+@functools.cache
 def _defaults(command: str, root: Path) -> dict[str, str | None]:
     """``{group: default option}`` from a primary config's defaults list (None: the group is off by default)."""
     import yaml
@@ -122,12 +124,9 @@ def group_commands(group: str) -> list[str]:
 def usage(option: Option) -> str:
     """How to choose ``option`` on the command line."""
     yours = f" --config-dir {_config_root(option)}" if option.source == "yours" else ""
-    if option.group in PER_COMMAND:
-        command = next((c for c in COMMANDS if option.name.startswith(c + "_")), "pretrain")
-        plus = "+" if option.group not in _defaults(command, conf_dir()) else ""
-        return f"ptcli {command}{yours} {plus}{option.group}={option.name}"
-    commands = group_commands(option.group) or ["pretrain"]
-    return f"ptcli {'|'.join(commands)}{yours} {option.group}={option.name}"
+    commands = _commands_for(option.group, option.name)
+    plus = "+" if commands[0][1] else ""
+    return f"ptcli {'|'.join(c for c, _ in commands)}{yours} {plus}{option.group}={option.name}"
 
 
 def _config_root(option: Option) -> Path:
@@ -197,13 +196,14 @@ def copy(spec: str, dest: Path, *, force: bool = False, config_dir: Path | None 
         if dest.exists() and not dest.is_dir():
             raise UsageError(f"{dest} exists and is not a directory. Give a directory (the copy goes to "
                              f"{dest}/{option.group}/{option.name}.yaml) or a .yaml file name.")
-        name = option.name if option.name not in shipped else f"my_{option.name}"
+        # A suffix, not a prefix: a preset's name keeps the command it begins with.
+        name = option.name if option.name not in shipped else f"{option.name}_mine"
         target = dest / option.group / f"{name}.yaml"
     in_group_dir = target.parent.name == option.group
     if in_group_dir and target.stem in shipped:
         raise UsageError(f"{target} would be ignored: ptcli's own {option.group}={target.stem} is found first "
                          f"(Hydra searches ptcli's conf/ before --config-dir). Give it another name, e.g. "
-                         f"{target.with_name('my_' + target.name)}.")
+                         f"{target.with_name(target.stem + '_mine' + target.suffix)}.")
     if target.exists() and not force:
         raise UsageError(f"{target} exists; pass --force to overwrite it, or choose another DEST.")
     if target.is_dir():

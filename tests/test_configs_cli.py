@@ -82,12 +82,12 @@ def test_copy_writes_a_preset_that_runs_from_config_dir(ptcli, tmp_path):
     dest = tmp_path / "myconf"
     r = ptcli("configs", "copy", "experiment/pretrain_mlm_long", str(dest))
     assert r.code == 0, r
-    copied = dest / "experiment" / "my_pretrain_mlm_long.yaml"  # the shipped name would be shadowed by ptcli's
+    copied = dest / "experiment" / "pretrain_mlm_long_mine.yaml"  # the shipped name would be shadowed by ptcli's
     assert copied.read_text() == (CONF / "experiment" / "pretrain_mlm_long.yaml").read_text()
-    assert f"ptcli pretrain --config-dir {dest} experiment=my_pretrain_mlm_long" in r.stderr
+    assert f"ptcli pretrain --config-dir {dest} experiment=pretrain_mlm_long_mine" in r.stderr
 
     copied.write_text(copied.read_text().replace("max_steps: 2000", "max_steps: 7"))
-    r = ptcli("pretrain", "--config-dir", str(dest), "experiment=my_pretrain_mlm_long", "--cfg", "job")
+    r = ptcli("pretrain", "--config-dir", str(dest), "experiment=pretrain_mlm_long_mine", "--cfg", "job")
     assert r.code == 0, r
     assert "max_steps: 7\n" in r.stdout
 
@@ -103,7 +103,7 @@ def test_copy_writes_a_preset_that_runs_from_config_dir(ptcli, tmp_path):
     assert r.code == 0 and target.read_text() == (CONF / "model" / "transformer.yaml").read_text(), r
     assert "--group model" in r.stderr
     r = ptcli("configs", "copy", "model/transformer", str(dest / "model" / "transformer.yaml"))
-    assert r.code == 2 and "would be ignored" in r.stderr and "my_transformer.yaml" in r.stderr, r
+    assert r.code == 2 and "would be ignored" in r.stderr and "transformer_mine.yaml" in r.stderr, r
     assert not (dest / "model" / "transformer.yaml").exists()
     r = ptcli("configs", "copy", "model/nope", str(dest))
     assert r.code == 2 and "unknown option 'nope'" in r.stderr, r
