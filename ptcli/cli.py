@@ -166,6 +166,24 @@ def evaluate(
     raise typer.Exit(_guarded(lambda: launch("evaluate", args, json_out=json_out)))
 
 
+@app.command(context_settings=PASSTHROUGH, epilog=HYDRA_HELP)
+def headstart(
+    ctx: typer.Context,
+    overrides: list[str] | None = _overrides("pretrained=outputs/pretrain/<ts> data=pydocs"),
+    budgets: str = typer.Option("1,4,16,64,all", "--budgets", help="Labels per class to fine-tune on; all = every "
+                                "label."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Seeds per budget and init (mean ± std over them)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result (headstart.json) as one JSON object "
+                                  "on stdout, and nothing else."),
+) -> None:
+    """Fine-tune pretrained=RUN_DIR and random init over label budgets and seeds (one sweep; the same command
+    resumes it): accuracy table, head start, label multiplier, label_efficiency.png."""
+    from ptcli.headstart import run_headstart
+
+    args = list(overrides or []) + list(ctx.args)
+    raise typer.Exit(_guarded(lambda: run_headstart(args, budgets, seeds, json_out)))
+
+
 @app.command()
 def report(
     dirs: list[Path] = typer.Argument(..., help="Directories to search (recursively) for run directories."),
