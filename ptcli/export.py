@@ -7,10 +7,17 @@ zeros) and a fine-tune run with ``pooling=cls`` as ``EsmForSequenceClassificatio
 tanh, linear on the first token) is ptcli's. Runs built on a transformers checkpoint (``init_from=hf:``,
 ``pretrained=hf:``) export as their own architecture. The tokenizer is written as a
 ``PreTrainedTokenizerFast``, so ``AutoModelFor*`` and ``AutoTokenizer`` load the directory offline.
+
+The directory also gets a ``README.md`` model card (``model_card``): what the model is, what it was trained on
+and for how long, its final metrics, the head-start table when ``ptcli headstart`` measured one, how to load it,
+and the run's config, with the YAML front matter the Hugging Face hub reads.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +124,7 @@ def export_hf(run_dir: Path, out: Path, force: bool = False) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tok.save_pretrained(out)
+    (out / CARD).write_text(model_card(run, cfg, model, str(out)), encoding="utf-8")
     return out
 
 
@@ -202,3 +210,325 @@ def _native(transformers: Any, cfg: Any, run: Any, weights: dict[str, torch.Tens
         raise UsageError(f"{run.path}: the checkpoint does not fit {type(model).__name__} from {source}: missing "
                          f"{missing[:5]}, unexpected {(stray + result.unexpected_keys)[:5]}; it cannot be exported.")
     return model, tok
+
+
+# ------------------------------------------------------------------------------------------------ model card
+CARD = "README.md"
+HEADSTART = "headstart.json"  # written by `ptcli headstart` into the pre-trained run (README: The head start)
+EXAMPLE_TEXT = "Return the number of items in the container."
+
+
+def model_card(run: Any, cfg: Any, model: Any, path: str) -> str:
+    """The ``README.md`` of an exported directory: hub front matter, then what a reader needs to trust and use
+    the model, every figure read from the run directory (``run.json``, ``config.yaml``, ``headstart.json``)."""
+    import yaml
+
+    manifest = run.manifest
+    command = manifest.get("command")
+    finetune = command == "finetune"
+    model_type = getattr(model.config, "model_type", "")
+    front: dict[str, Any] = {
+        "library_name": "transformers",
+        "pipeline_tag": "text-classification" if finetune else "fill-mask",
+        "tags": [t for t in ("ptcli", model_type, "text-classification" if finetune else "masked-language-modeling")
+                 if t],
+    }
+    base = _hub_id(cfg.get("init_from")) or (_hub_id(cfg.get("pretrained")) if finetune else None)
+    if base:
+        front["base_model"] = base
+    dataset = _hub_id(f"hf:{cfg.data.get('name')}") if "HubDataset" in str(cfg.data.get("_target_")) else None
+    if dataset:
+        front["datasets"] = [dataset]
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "", f"# {Path(path).name}", ""]
+    kind = "text classifier" if finetune else "masked language model"
+    lines += [f"A {kind} ({type(model).__name__}) trained with ptcli, exported from the run directory "
+              f"`{run.path}` ({command}, {manifest.get('status')}, {manifest.get('step')} steps).", ""]
+    lines += _architecture(cfg, model)
+    lines += _training(run, cfg, manifest)
+    lines += _results(manifest)
+    lines += _headstart(run, cfg)
+    lines += _how_to_load(path, finetune, model_type)
+    lines += _config_section(run, manifest)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _hub_id(value: Any) -> str | None:
+    """``hf:org/name`` as a hub id for the front matter; a local directory is no hub id."""
+    if not value or not str(value).startswith("hf:"):
+        return None
+    name = str(value)[3:]
+    if name in ("", "None") or name.startswith((".", "/", "~")) or Path(name).exists():
+        return None
+    return name
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.4g}" if math.isfinite(value) else str(value)
+
+
+def _architecture(cfg: Any, model: Any) -> list[str]:
+    m = cfg.model
+    lines = ["## Model", "", f"- transformers class: `{type(model).__name__}` (`model_type: "
+             f"{getattr(model.config, 'model_type', '?')}`), {model.num_parameters():,} parameters"]
+    target = str(m.get("_target_", ""))
+    if "HFEncoder" in target:
+        lines.append(f"- backbone: the transformers checkpoint `{m.get('path')}` (its own architecture and tokenizer)")
+    else:
+        fields = ", ".join(f"{k}={m.get(k)}" for k in ("dim", "layers", "heads", "ffn_dim", "max_len", "position",
+                                                       "dropout", "bias") if m.get(k) is not None)
+        lines.append(f"- ptcli `{target.rsplit('.', 1)[-1]}`: {fields}. Pre-LN transformer encoder, rotary positions, "
+                     "GELU MLP, final LayerNorm: ESM-2's architecture, which is why it loads as an ESM model")
+        tok = cfg.get("tokenizer") or {}
+        lines.append(f"- tokenizer: {tok.get('kind', '?')}, {_fmt(getattr(model.config, 'vocab_size', None))} tokens"
+                     f"{', lowercased' if tok.get('lowercase') else ''} (trained by ptcli on the training text)")
+    return [*lines, ""]
+
+
+def _data_line(data: Any) -> str:
+    from ptcli.build import component_class
+
+    try:
+        doc = (component_class(data, "data").__doc__ or "").strip().splitlines()[0].replace("``", "`").rstrip(".")
+    except Exception:  # a card is still worth writing when a user's data package is gone
+        doc = ""
+    target = str(data.get("_target_", "?")).rsplit(".", 1)[-1]
+    keys = ", ".join(f"`data.{k}={data.get(k)}`" for k in ("name", "config", "train", "validation", "test", "path",
+                                                          "text_column", "label_column") if data.get(k))
+    return f"`{target}`" + (f": {doc}" if doc else "") + (f" ({keys})" if keys else "")
+
+
+def _objective_line(obj: Any) -> str:
+    target = str(obj.get("_target_", "?")).rsplit(".", 1)[-1]
+    if target == "MaskedLM":
+        rate, tok, rnd = obj.get("mask_rate"), obj.get("mask_token_share"), obj.get("random_token_share")
+        return (f"masked language modeling: {rate:.0%} of the tokens{' (whole words)' if obj.get('whole_word') else ''}"
+                f" are selected; of those {tok:.0%} become `[MASK]`, {rnd:.0%} a random token, the rest stay; the "
+                "loss is the cross-entropy of the selected tokens")
+    params = ", ".join(f"{k}={v}" for k, v in obj.items() if not str(k).startswith("_"))
+    return f"`{target}`" + (f" ({params})" if params else "")
+
+
+def _pretraining_lines(cfg: Any, manifest: dict) -> list[str]:
+    t = cfg.trainer
+    step = int(manifest.get("step") or 0)
+    per_step = int(t.batch_size) * int(t.get("grad_accum", 1))
+    lines = [f"- data: {_data_line(cfg.data)}"]
+    if cfg.get("objective"):
+        lines.append(f"- objective: {_objective_line(cfg.objective)}")
+    if cfg.get("init_from"):
+        lines.append(f"- initialized from: `{cfg.init_from}` (continued pre-training)")
+    block = cfg.data.get("block_size")
+    seen = f"{step:,} optimizer steps of {per_step} sequences"
+    if block:
+        seen += f" of {block} tokens: **{step * per_step * int(block):,} tokens seen**"
+    if t.get("strategy", "single") != "single":
+        seen += f" per process (trainer.strategy={t.strategy}: multiply by the number of processes)"
+    lines.append(f"- training: {seen}; AdamW lr {cfg.optim.get('lr')}, {cfg.schedule.get('decay')} schedule with "
+                 f"{cfg.schedule.get('warmup_steps')} warmup steps, seed {cfg.get('seed')}")
+    data = manifest.get("data") or {}
+    if data.get("train_blocks"):
+        lines.append(f"- corpus: {data['train_blocks']:,} training blocks, {_fmt(data.get('val_blocks'))} "
+                     "validation blocks")
+    lines += _wall_time(manifest)
+    return lines
+
+
+def _wall_time(manifest: dict) -> list[str]:
+    if manifest.get("duration_s") is None:
+        return []
+    sessions = len(manifest.get("resumed") or []) + 1  # run.json times the last session only
+    last = f", the last of {sessions} sessions (the run was resumed)" if sessions > 1 else ""
+    return [f"- wall time: {manifest['duration_s']:.0f} s{last} ({_versions(manifest)})"]
+
+
+def _versions(manifest: dict) -> str:
+    v = manifest.get("versions") or {}
+    return ", ".join(f"{k} {v[k]}" for k in ("ptcli", "torch") if k in v)
+
+
+def _training(run: Any, cfg: Any, manifest: dict) -> list[str]:
+    lines = ["## Training", ""]
+    if manifest.get("command") != "finetune":
+        return [*lines, "### Pre-training", "", *_pretraining_lines(cfg, manifest), ""]
+    lines += ["### Pre-training", ""]
+    pre = str(cfg.get("pretrained") or "")
+    if cfg.get("init") == "random":
+        lines.append("None: this classifier was trained from random init (`init=random`), the baseline a "
+                     f"pre-trained encoder is compared with (architecture and tokenizer of `{pre}`).")
+    elif pre.startswith("hf:"):
+        lines.append(f"The transformers checkpoint `{pre[3:]}`: see its own model card.")
+    else:
+        source = _pretrained_run(pre)
+        if isinstance(source, str):
+            lines.append(f"The ptcli run `{pre}`; {source}")
+        else:
+            lines += [f"The ptcli run `{pre}`:", "", *_pretraining_lines(*source)]
+    t, data = cfg.trainer, manifest.get("data") or {}
+    step = int(manifest.get("step") or 0)
+    budget = cfg.data.get("labels_per_class")
+    lora = (cfg.get("finetune") or {}).get("lora") or {}
+    how = ("linear probe (encoder frozen)" if cfg.get("freeze_encoder") else
+           f"LoRA adapters (r={lora.get('r')}, alpha={lora.get('alpha')}), merged into the exported weights"
+           if lora.get("r") else "all weights")
+    lines += ["", "### Fine-tuning", "", f"- data: {_data_line(cfg.data)}",
+              f"- labels: {'all' if budget is None else f'{budget} per class'}; {_fmt(data.get('train_examples'))} "
+              f"training, {_fmt(data.get('val_examples'))} validation, {_fmt(data.get('test_examples'))} test "
+              f"examples, {_fmt(data.get('classes'))} classes",
+              f"- trained: {how}; head on the first token (`pooling=cls`); {step:,} optimizer steps of "
+              f"{int(t.batch_size) * int(t.get('grad_accum', 1))} examples; AdamW lr {cfg.optim.get('lr')}, seed "
+              f"{cfg.get('seed')}; the best checkpoint on validation is the one exported and scored below"]
+    names = _label_names(run)
+    if names:
+        shown = ", ".join(f"`{n}`" for n in names[:30])
+        lines.append(f"- classes (`id2label`): {shown}{f' and {len(names) - 30} more' if len(names) > 30 else ''}")
+    lines += _wall_time(manifest)
+    return [*lines, ""]
+
+
+def _label_names(run: Any) -> list[str]:
+    try:
+        return [str(n) for n in _labels(run)["id2label"].values()]
+    except Exception:  # export itself read labels.json already; a card is no place to fail over it
+        return []
+
+
+def _pretrained_run(path: str) -> tuple[Any, dict] | str:
+    """The pre-training run of a fine-tune, as (config, manifest), or a sentence saying why it is not at hand."""
+    from ptcli.build import run_config
+    from ptcli.errors import PtcliError
+    from ptcli.rundir import RunDir
+
+    if not path or not (Path(path) / "run.json").is_file():
+        return "it is not on this machine, so its figures are not repeated here."
+    try:
+        source = RunDir.load(path)
+        return run_config(source), source.manifest
+    except PtcliError as exc:
+        return f"its record could not be read ({exc})."
+
+
+METRIC_NOTES = {"mlm_acc": "masked-token accuracy", "ppl": "perplexity of the masked tokens",
+                "accuracy": "accuracy", "macro_f1": "macro-averaged F1", "loss": "cross-entropy loss"}
+
+
+def _results(manifest: dict) -> list[str]:
+    metrics = manifest.get("metrics") or {}
+    if not metrics:
+        return ["## Results", "", "The run recorded no final metrics.", ""]
+    order = {"test": 0, "val": 1, "best": 2, "train": 3}
+    lines = ["## Results", "", "Final metrics of the run (`run.json`; `val` = held-out validation split, `test` = "
+             "held-out test split, `best/...` = the value that chose the exported checkpoint):", "",
+             "| metric | value | what |", "|---|---|---|"]
+    for key in sorted(metrics, key=lambda k: (order.get(k.split("/")[0], 9), k)):
+        lines.append(f"| `{key}` | {_fmt(metrics[key])} | {METRIC_NOTES.get(key.rsplit('/', 1)[-1], '')} |")
+    return [*lines, ""]
+
+
+def _headstart(run: Any, cfg: Any) -> list[str]:
+    """The head-start table of ``ptcli headstart`` (this run's, or for a fine-tune its pre-trained run's)."""
+    candidates = [Path(run.path) / HEADSTART]
+    pre = str(cfg.get("pretrained") or "")
+    if run.manifest.get("command") == "finetune" and pre and not pre.startswith("hf:"):
+        candidates.append(Path(pre) / HEADSTART)
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        return []
+    lines = ["## Head start", ""]
+    try:
+        return [*lines, *_headstart_table(json.loads(found.read_text(encoding="utf-8"))), ""]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return [*lines, f"`{found}` exists but could not be read ({type(exc).__name__}: {exc}); no table. "
+                "Run `ptcli headstart` again to measure it.", ""]
+
+
+def _headstart_table(h: dict) -> list[str]:
+    rows = h["rows"]
+    if not isinstance(rows, list) or not rows:
+        raise ValueError("it has no rows")
+    metric = str(h.get("metric", "test/accuracy"))
+
+    def cell(s: dict) -> str:
+        std = f" ± {float(s['std']):.3f}" if s.get("std") is not None else ""
+        return f"{float(s['mean']):.3f}{std} (n={int(s.get('n', 0))})"
+
+    table = ["| labels per class | pre-trained | random init | head start (points) | labels random init needs |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        budget = r["labels_per_class"]
+        p, q = r["pretrained"], r["random"]
+        head = r.get("head_start")
+        head = float(p["mean"]) - float(q["mean"]) if head is None else float(head)
+        mult = r.get("label_multiplier")
+        note = r.get("multiplier_note") or (f"{float(mult):.1f}x" if mult is not None else "")
+        table.append(f"| {'all' if budget is None else int(budget)} | {cell(p)} | {cell(q)} | {100 * head:+.1f} | "
+                     f"{note} |")
+    seeds = h.get("seeds")
+    intro = (f"`ptcli headstart` fine-tuned this encoder and the same architecture from random init on "
+             f"`data={h.get('data', '?')}` at each label budget{f', seeds {seeds}' if seeds else ''}; `{metric}`, "
+             "mean ± std over seeds. The head start is the pre-trained mean minus the random-init mean; the last "
+             "column is how many more labels random init needs to match the pre-trained model (interpolated on "
+             "the log-budget curve).")
+    return [intro, "", *table]
+
+
+def _how_to_load(path: str, finetune: bool, model_type: str) -> list[str]:
+    # Run as written by tests/test_model_card.py: every line here must work on the exported directory.
+    no_pooler = ", add_pooling_layer=False" if model_type in ("esm", "bert", "roberta") else ""
+    if finetune:
+        code = [
+            "import torch",
+            "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+            "",
+            f"path = {path!r}  # this directory, or its hub id once uploaded",
+            "tokenizer = AutoTokenizer.from_pretrained(path)",
+            "model = AutoModelForSequenceClassification.from_pretrained(path).eval()",
+            f"batch = tokenizer([{EXAMPLE_TEXT!r}], padding=True, truncation=True, return_tensors='pt')",
+            "with torch.no_grad():",
+            "    logits = model(input_ids=batch['input_ids'], attention_mask=batch['attention_mask']).logits",
+            "print([model.config.id2label[int(i)] for i in logits.argmax(-1)])",
+        ]
+    else:
+        code = [
+            "import torch",
+            "from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer",
+            "",
+            f"path = {path!r}  # this directory, or its hub id once uploaded",
+            "tokenizer = AutoTokenizer.from_pretrained(path)",
+            "mlm = AutoModelForMaskedLM.from_pretrained(path).eval()",
+            "text = f'Return the {tokenizer.mask_token} of items in the container.'",
+            "batch = tokenizer([text], return_tensors='pt')",
+            "with torch.no_grad():",
+            "    logits = mlm(input_ids=batch['input_ids'], attention_mask=batch['attention_mask']).logits",
+            "masked = batch['input_ids'][0] == tokenizer.mask_token_id",
+            "print(tokenizer.convert_ids_to_tokens(logits[0, masked].topk(5).indices[0]))",
+            "",
+            "# Sentence embeddings: mean of the last hidden states over real tokens (what ptcli's fine-tunes pool)",
+            f"encoder = AutoModel.from_pretrained(path{no_pooler}).eval()",
+            "with torch.no_grad():",
+            "    out = encoder(input_ids=batch['input_ids'], attention_mask=batch['attention_mask'])",
+            "hidden = out.last_hidden_state",
+            "mask = batch['attention_mask'].unsqueeze(-1).to(hidden.dtype)",
+            "embedding = (hidden * mask).sum(1) / mask.sum(1)",
+        ]
+    auto = ("`AutoModelForSequenceClassification`" if finetune else
+            "`AutoModelForMaskedLM` (and `AutoModel` for embeddings)")
+    return ["## How to use", "", f"Loads offline with transformers' {auto} and `AutoTokenizer`; "
+            "no `trust_remote_code`.", "", "```python", *code, "```", ""]
+
+
+def _config_section(run: Any, manifest: dict) -> list[str]:
+    overrides = manifest.get("overrides") or []
+    command = " ".join(["ptcli", str(manifest.get("command")), *(shlex.quote(str(o)) for o in overrides)])
+    try:
+        config = (Path(run.path) / "config.yaml").read_text(encoding="utf-8").rstrip()
+    except OSError:
+        config = "# config.yaml could not be read"
+    commit = manifest.get("git")
+    return ["## Reproduce", "", "```bash", command, "```", "",
+            f"ptcli {(manifest.get('versions') or {}).get('ptcli', '?')}"
+            + (f", commit `{commit}`" if commit else "") + f"; started {manifest.get('started_at')}. The run's "
+            "full config (`config.yaml`; paths are the training machine's):", "", "```yaml", config, "```"]
