@@ -96,8 +96,7 @@ SCHEMAS: dict[str, list[type]] = {
     "schedule": [ScheduleConfig],
 }
 # Sections with a fixed schema and no component: validated when loaded, never instantiated.
-PLAIN_SECTIONS: dict[str, type] = {"tokenizer": TokenizerConfig, "trainer": TrainerConfig,
-                                   "finetune": FinetuneConfig}
+PLAIN_SECTIONS: dict[str, type] = {"tokenizer": TokenizerConfig, "trainer": TrainerConfig}
 # Keys that an older ptcli wrote into every section of a slot, whatever the component: a loaded section drops
 # those its schema lacks (``ptcli.build.load_run_config``). data: the one flat DataConfig before each source
 # had its own schema (ptcli/data/sources.py: LEGACY_FLAT_KEYS).
