@@ -24,7 +24,7 @@ HYDRA_HELP = """
 [bold]Config groups[/bold]: model (transformer, convnet), objective (mlm, simclr),
 data (pydocs, text, hf, digits, images),
 trainer (default, finetune), optim (adamw), schedule (cosine, linear, constant), debug (smoke),
-experiment (your presets via --config-dir).
+experiment (presets: ptcli configs list; yours via --config-dir).
 
 [bold]Hydra options[/bold] (passed through to Hydra):
   -m, --multirun            run a sweep over comma-separated values
