@@ -353,7 +353,7 @@ class Trainer:
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
                     self.optimizer.zero_grad(set_to_none=True)
-                    self.scheduler.step()
+                    self._scheduler_step()
                     self.step += 1
                     self.n_acc += 1
                     if "first_step_s" not in self.run.manifest:
@@ -399,6 +399,18 @@ class Trainer:
         if self.best.value is not None:
             final[f"best/{self.best.metric}"] = self.best.value
         return final
+
+    def _scheduler_step(self) -> None:
+        if not self.scaler.is_enabled():
+            self.scheduler.step()
+            return
+        import warnings
+
+        # The schedule counts steps the scaler skipped (an overflow), as it should; torch would warn about it
+        # as if the loop called the two in the wrong order.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before")
+            self.scheduler.step()
 
     def _share(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
         """This rank's share of the global batch's mean loss. Token-level losses (``loss_sum`` over
