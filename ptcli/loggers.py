@@ -79,10 +79,13 @@ class WandbLogger:
         self.run_dir = run_dir
         config = OmegaConf.to_container(cfg, resolve=True)
         config["ptcli"] = {"run_dir": str(run_dir.resolve()), "command": command}
+        # A sweep's jobs live in numbered subdirectories (multirun/<command>/<time>/<n>): grouped by their sweep.
+        sweep = run_dir.parent.name if run_dir.name.isdigit() else None
         try:
             self.run = wandb.init(
                 project=os.environ.get("WANDB_PROJECT") or f"ptcli-{command}",
-                name=run_dir.name, job_type=command, tags=[command], config=config,
+                name=f"{sweep}/{run_dir.name}" if sweep else run_dir.name, group=sweep,
+                job_type=command, tags=[command], config=config,
                 # Beside tensorboard/ in the run directory unless the user chose a place for W&B files.
                 dir=os.environ.get("WANDB_DIR") or str(run_dir),
                 # resume=RUN continues the same W&B run: the id is fixed by the run directory and its start.

@@ -150,3 +150,26 @@ def test_a_logger_that_fails_mid_run_is_dropped_not_fatal(capsys):
     assert inner.calls == ["log 5", "close failed"]
     err = capsys.readouterr().err
     assert err.count("ptcli: warning: logger=wandb failed in log (OSError: No space left on device)") == 1
+
+
+def test_sweep_jobs_are_grouped_by_their_sweep(tmp_path, monkeypatch):
+    # The logger on its own (no training): a sweep job's directory is multirun/<command>/<time>/<n>.
+    from omegaconf import OmegaConf
+
+    from ptcli.loggers import WandbLogger, _wandb_id
+
+    for key, value in wandb_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    ids = []
+    for job in ("0", "1"):
+        run_dir = tmp_path / "multirun" / "pretrain" / "2026-01-01_00-00-00" / job
+        run_dir.mkdir(parents=True)
+        (run_dir / "run.json").write_text(json.dumps({"started_at": "2026-01-01T00:00:00+00:00", "metrics": {}}))
+        logger = WandbLogger(run_dir, OmegaConf.create({"seed": int(job)}), "pretrain")
+        logger.log(1, "train", {"loss": 1.0})
+        logger.close("completed")
+        ids.append(_wandb_id(run_dir))
+    assert len(set(ids)) == 2  # the same start time, another directory: another W&B run
+    runs = [of_kind(read_wandb(next(d.glob("*.wandb"))), "run")[0] for d in offline_runs(tmp_path)]
+    assert sorted(r.display_name for r in runs) == ["2026-01-01_00-00-00/0", "2026-01-01_00-00-00/1"]
+    assert {r.run_group for r in runs} == {"2026-01-01_00-00-00"} and {r.run_id for r in runs} == set(ids)
