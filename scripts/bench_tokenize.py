@@ -3,6 +3,7 @@ packing into blocks, cold (empty caches) and warm (cached by fingerprint, as on 
 
     python scripts/bench_tokenize.py                  # the default WordPiece 8192 of bench_mlm.py
     python scripts/bench_tokenize.py --vocab 1000     # a smaller vocabulary
+    python scripts/bench_tokenize.py --vocab 1000 --docs 500   # CI: a smoke run of the script
 
 Prints documents, characters and tokens, and for each stage its time and throughput (tokens/s). The
 ``encode_batch`` line is the raw Rust tokenizer over the whole split in one call; ``pack_blocks`` adds
@@ -24,6 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--block-size", type=int, default=128)
+    parser.add_argument("--docs", type=int, default=None, help="only the first N training documents (CI: a smoke run)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as cache:
         os.environ["PTCLI_CACHE"] = cache  # cold: nothing cached yet
@@ -39,7 +41,7 @@ def main() -> None:
         t = time.perf_counter()
         splits = Pydocs().load()
         load_s = time.perf_counter() - t
-        train = splits["train"]
+        train = splits["train"] if args.docs is None else splits["train"].select(range(args.docs))
         texts = train["text"]
         chars = sum(map(len, texts))
         tcfg = OmegaConf.create({"path": None, "kind": "wordpiece", "vocab_size": args.vocab, "lowercase": True,

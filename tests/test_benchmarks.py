@@ -35,7 +35,7 @@ def test_bench_simclr_tiny(cache_dir):
 
 
 def test_bench_tokenize(cache_dir):
-    out = run_script("bench_tokenize.py", "--vocab", "1000", cache_dir=cache_dir)
+    out = run_script("bench_tokenize.py", "--vocab", "1000", "--docs", "500", cache_dir=cache_dir)
     assert "encode_batch" in out and "tokens/s" in out
 
 
@@ -45,5 +45,5 @@ def test_bench_streaming_tiny(cache_dir):
 
 
 def test_gpu_check_dry_run_on_cpu(cache_dir):
-    out = run_script("gpu_check.py", "--device", "cpu", "--size", "tiny", "--steps", "20", cache_dir=cache_dir)
+    out = run_script("gpu_check.py", "--device", "cpu", "--size", "tiny", "--steps", "10", cache_dir=cache_dir)
     assert "tokens/s" in out and "MFU" in out

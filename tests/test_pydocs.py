@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from ptcli.data.pydocs import extract_docstrings, load_pydocs
 from ptcli.data.sources import Pydocs
 
