@@ -7,9 +7,19 @@ import json
 import struct
 from pathlib import Path
 
+import pytest
 from conftest import TINY_TRANSFORMER, require
 
 wandb = require("wandb", "the `loggers` extra is not installed")
+
+
+@pytest.fixture(autouse=True)
+def fresh_wandb():
+    # W&B keeps the settings it read from the environment (WANDB_MODE, ...) in a process-wide singleton: each test
+    # here sets its own environment, as a new process would read it.
+    wandb.teardown()
+    yield
+    wandb.teardown()
 
 
 def wandb_env(tmp_path: Path, mode: str = "offline") -> dict[str, str]:
