@@ -95,7 +95,7 @@ def test_finetune_card_has_both_stages_and_loads(ptcli, smoke_pretrain, tmp_path
     (pre / "headstart.json").write_text(json.dumps(HEADSTART))  # measured for the encoder it starts from
     ft = tmp_path / "ft"
     r = ptcli("finetune", f"pretrained={pre}", "pooling=cls", "debug=smoke", "data.labels_per_class=4",
-              f"hydra.run.dir={ft}")
+              "trainer.max_steps=4", "trainer.eval_every=2", f"hydra.run.dir={ft}")
     assert r.code == 0, r
     out = tmp_path / "classifier"
     r = ptcli("export", str(ft), "--format", "hf", "--out", str(out))
