@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ class Sweep:
     dir: Path | None = None
     started_at: float = 0.0
     direction: Any = None  # the sweeper's optimization direction, if it has one (Optuna)
+    job_started_at: float = 0.0
 
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]
@@ -52,6 +54,29 @@ class SweepCallback(Callback):
         direction = config.hydra.sweeper.get("direction")  # Optuna: minimize | maximize | a list of them
         direction = getattr(direction, "name", direction)
         SWEEP.direction = direction if isinstance(direction, str) else None
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        SWEEP.job_started_at = time.time()
+
+    def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """SIGINT/SIGTERM stop the sweep, not only the job that was running: the trainer turned the signal into
+        an interrupted run (checkpoint written, ``run.json`` status ``interrupted``), which would otherwise let
+        the launcher go on to the next job. Re-running the same sweep resumes that job and runs the rest."""
+        if SWEEP.dir is None:  # a single run, or a job in a launcher's worker process
+            return
+        manifest_path = Path(str(config.hydra.runtime.output_dir)) / "run.json"
+        try:
+            fresh = manifest_path.stat().st_mtime >= SWEEP.job_started_at - 1  # not a run the job refused to touch
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if fresh else None
+        except (OSError, ValueError):
+            return
+        if not isinstance(manifest, dict) or manifest.get("status") != "interrupted":
+            return
+        error = str(manifest.get("error") or "")
+        print(f"ptcli: sweep {SWEEP.dir} stopped: {error.split(';')[0] or 'interrupted'} in job "
+              f"{manifest_path.parent}. Run the same command again to resume that job and run the rest.",
+              file=sys.stderr)
+        raise SystemExit(143 if error.startswith("SIGTERM") else 130)  # (the launcher maps it to the exit code)
 
 
 def jobs_started() -> bool:

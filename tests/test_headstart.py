@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
-from conftest import read_manifest
+from conftest import OFFLINE, read_manifest
 
 from ptcli.errors import UsageError
 from ptcli.headstart import (
@@ -136,10 +141,7 @@ def _labeled_csv(path, n):
 def test_headstart_end_to_end_then_rerun_skips_completed_jobs(ptcli, smoke_pretrain, tmp_path):
     pre = tmp_path / "pre"
     shutil.copytree(smoke_pretrain, pre)  # headstart.json is copied into it: not into the shared fixture
-    # Any data= option: a small labeled CSV keeps each fine-tune's evaluation (two splits, twice) cheap.
-    data = [f"data.{split}={_labeled_csv(tmp_path / f'{split}.csv', n)}"
-            for split, n in (("train", 30), ("validation", 12), ("test", 12))]
-    args = ["headstart", f"pretrained={pre}", "data=text", *data, "debug=smoke", "trainer.max_steps=2",
+    args = ["headstart", f"pretrained={pre}", *_text_data(tmp_path), "debug=smoke", "trainer.max_steps=2",
             "--budgets", "1,all", "--seeds", "0"]
     r = ptcli(*args, "--json", cwd=tmp_path)
     assert r.code == 0, r
@@ -169,6 +171,39 @@ def test_headstart_end_to_end_then_rerun_skips_completed_jobs(ptcli, smoke_pretr
     assert all(read_manifest(sweep / d)["ended_at"] == ended for d, ended in kept.items())
     assert read_manifest(sweep / redo)["status"] == "completed"
     assert r.stdout.startswith("test/accuracy, mean ± std over seeds 0;") and "| all (10) |" in r.stdout
+
+
+def _text_data(tmp_path):
+    # Any data= option: a small labeled CSV keeps each fine-tune's evaluation (two splits, twice) cheap.
+    return ["data=text", *[f"data.{split}={_labeled_csv(tmp_path / f'{split}.csv', n)}"
+                           for split, n in (("train", 30), ("validation", 12), ("test", 12))]]
+
+
+@pytest.mark.slow  # a signal to a real process
+def test_sigint_stops_the_sweep_and_the_same_command_resumes_it(ptcli, smoke_pretrain, tmp_path):
+    pre = tmp_path / "pre"
+    shutil.copytree(smoke_pretrain, pre)
+    args = ["headstart", f"pretrained={pre}", *_text_data(tmp_path), "debug=smoke", "trainer.max_steps=30",
+            "--budgets", "1", "--seeds", "0"]
+    env = {**os.environ, **OFFLINE, "PTCLI_STEP_DELAY": "0.1"}
+    proc = subprocess.Popen([sys.executable, "-m", "ptcli", *args], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("multirun/headstart/*/0/metrics.jsonl")):  # the first job is training
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    sweep = next(tmp_path.glob("multirun/headstart/*"))
+    assert read_manifest(sweep / "0")["status"] == "interrupted"
+    assert not (sweep / "1").exists() and not (sweep / "headstart.json").exists()  # the sweep stopped there
+    assert out == "" and "run the same command again to resume" in err
+    r = ptcli(*args, cwd=tmp_path)
+    assert r.code == 0, r
+    assert "interrupted at step" in r.stderr and "resuming" in r.stderr
+    assert [read_manifest(sweep / j)["status"] for j in ("0", "1")] == ["completed", "completed"]
+    assert json.loads((sweep / "headstart.json").read_text())["jobs"] == {"completed": 2, "total": 2}
 
 
 def test_headstart_usage_errors_exit_2(ptcli, tmp_path):
