@@ -66,9 +66,11 @@ def pytest_make_collect_report(collector):
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    # The slow tests (real processes) first: xdist workers then fill the end of the run with short tests
-    # instead of one worker finishing a 30 s test while the other idles.
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    # The files with slow tests (real processes) first: xdist (--dist loadfile) hands out files in this order, so the
+    # workers fill the end of the run with short files instead of one worker finishing a long file while the other
+    # idles.
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,7 @@ import time
 import pytest
 from conftest import OFFLINE, TINY_TRANSFORMER, read_manifest, read_metrics
 
-# slow: torchrun starts real processes; one xdist group: the module's DDP run (ddp_run) is made once
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("distributed")]
+pytestmark = pytest.mark.slow  # torchrun starts real processes
 
 SMOKE = ["debug=smoke", *TINY_TRANSFORMER]
 
