@@ -113,6 +113,11 @@ def check_trainer_config(t: Any) -> None:
         raise UsageError("trainer.checkpoint_every must be >= 0 and trainer.keep_last >= 1")
     if t.precision not in PRECISIONS:
         raise UsageError(f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
+    if t.precision == "fp16" and t.strategy == "fsdp":
+        # torch's ShardedGradScaler hands the fused AdamW a found-inf tensor of the wrong shape (torch 2.13).
+        raise UsageError("trainer.precision=fp16 with trainer.strategy=fsdp is not supported (FSDP's gradient "
+                         "scaler fails with ptcli's fused AdamW); use trainer.precision=bf16 under FSDP, or "
+                         "trainer.strategy=ddp with fp16.")
     dist.check_strategy(t.strategy, t.batch_size)
     if t.clip_grad is not None and t.clip_grad <= 0:
         raise UsageError(f"trainer.clip_grad must be positive or null, got {t.clip_grad}")
@@ -191,16 +196,6 @@ class BestTracker:
         return False
 
 
-def _grad_scaler(device: torch.device, enabled: bool, sharded: bool) -> torch.amp.GradScaler:
-    """Dynamic loss scaling for fp16 (disabled: every call passes through). FSDP's shards need the scaler that
-    agrees across ranks on whether any gradient overflowed."""
-    if sharded and enabled:
-        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
-
-        return ShardedGradScaler(device.type)
-    return torch.amp.GradScaler(device.type, enabled=enabled)
-
-
 def enable_activation_checkpointing(model: nn.Module) -> None:
     """``trainer.activation_checkpointing=true``: every submodule that declares it can recompute its blocks in
     backward (``set_activation_checkpointing``: ptcli's transformer, transformers checkpoints) does so."""
@@ -236,7 +231,9 @@ class Trainer:
         check_trainer_config(cfg)
         dtype = PRECISIONS[cfg.precision]
         self.autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-        self.scaler = _grad_scaler(device, enabled=dtype == torch.float16, sharded=dist.is_sharded(model))
+        # fp16: dynamic loss scaling (disabled: every scaler call passes straight through). Not under FSDP
+        # (check_trainer_config), whose shards would need ranks to agree on skipping a step.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         if cfg.get("activation_checkpointing"):
             enable_activation_checkpointing(model)
 
