@@ -227,7 +227,7 @@ def validate(path: Path, group: str | None = None, config_dir: Path | None = Non
 
     An option file (it has a ``defaults`` list or a ``# @package`` line, sits in a folder named after a group,
     or ``group`` is given) is composed into the config of the command it is for; anything else is taken as a
-    whole run config (``config.yaml`` of a run directory, ``ptcli COMMAND --cfg job`` output)."""
+    whole run config (``config.yaml`` of a run directory, ``ptcli COMMAND --cfg job --resolve`` output)."""
     from omegaconf import DictConfig, OmegaConf
 
     if not path.is_file():
