@@ -20,6 +20,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -198,39 +199,42 @@ def build_rows(points: dict[tuple[str, int | None], Point], budgets: list[int | 
     def per_class(p: Point | None) -> float | None:
         return sum(p.per_class) / len(p.per_class) if p and p.per_class else None
 
-    curve = []
+    curve = []  # random init: (labels per class, mean accuracy)
     for b in budgets:
         p = points.get(("random", b))
-        x = per_class(p)
-        if p and p.values and x:
-            curve.append((x, p.stats()["mean"]))
-    largest = max((x for x, _ in curve), default=None)
+        x, mean = per_class(p), (p or Point()).stats()["mean"]
+        if x and mean is not None:
+            curve.append((x, mean))
     rows = []
     for b in budgets:
         pre, rnd = points.get(("pretrained", b)), points.get(("random", b))
-        ps = (pre or Point()).stats()
-        rs = (rnd or Point()).stats()
+        ps, rs = (pre or Point()).stats(), (rnd or Point()).stats()
         x = per_class(pre) or per_class(rnd)
         row: dict[str, Any] = {"labels_per_class": b, "examples_per_class": x, "pretrained": ps, "random": rs,
                                "head_start": None, "label_multiplier": None, "multiplier_bound": None,
-                               "random_labels_per_class_needed": None, "multiplier_note": "no completed runs"}
+                               "label_multiplier_lower_bound": None, "random_labels_per_class_needed": None,
+                               "multiplier_note": "no completed runs"}
         if ps["mean"] is not None and rs["mean"] is not None:
             row["head_start"] = ps["mean"] - rs["mean"]
         if ps["mean"] is not None and x and curve:
-            needed, bound = labels_needed(curve, ps["mean"])
-            row["multiplier_bound"] = bound
-            if bound == ">":
-                row["multiplier_note"] = (f"random init does not reach it within the largest budget "
-                                          f"({_num(largest)} labels per class): more than "
-                                          f"{_num(largest / x)}x the labels")  # type: ignore[operator]
-            else:
-                row["label_multiplier"] = needed / x  # type: ignore[operator]
-                row["random_labels_per_class_needed"] = needed
-                at_most = "at most " if bound == "<=" else ""
-                row["multiplier_note"] = (f"random init needs {at_most}{_num(needed / x)}x the labels "  # type: ignore
-                                          f"({at_most}{_num(needed)} per class)")
+            row.update(_multiplier(curve, ps["mean"], x))
         rows.append(row)
     return rows
+
+
+def _multiplier(curve: list[tuple[float, float]], target: float, labels: float) -> dict[str, Any]:
+    """The label-multiplier fields of a row whose pretrained accuracy is ``target`` at ``labels`` per class."""
+    needed, bound = labels_needed(curve, target)
+    if needed is None:
+        return {}
+    if bound == ">":
+        return {"multiplier_bound": bound, "label_multiplier_lower_bound": needed / labels,
+                "multiplier_note": f"random init does not reach it within the largest budget ({_num(needed)} labels "
+                                   f"per class): more than {_num(needed / labels)}x the labels"}
+    at_most = "at most " if bound == "<=" else ""
+    return {"multiplier_bound": bound, "label_multiplier": needed / labels, "random_labels_per_class_needed": needed,
+            "multiplier_note": f"random init needs {at_most}{_num(needed / labels)}x the labels ({at_most}"
+                               f"{_num(needed)} per class)"}
 
 
 def _num(v: float) -> str:
@@ -246,7 +250,7 @@ def budget_label(row: dict[str, Any]) -> str:
 def multiplier_cell(row: dict[str, Any]) -> str:
     bound = row.get("multiplier_bound")
     if bound == ">":
-        return "more than the largest budget"
+        return f"more than the largest budget (> {_num(row['label_multiplier_lower_bound'])}x)"
     if bound is None:
         return "n/a"
     return f"{'≤ ' if bound == '<=' else ''}{_num(row['label_multiplier'])}x"
@@ -381,7 +385,7 @@ def run_headstart(args: list[str], budgets: str = DEFAULT_BUDGETS, seeds: str = 
         return code or 1
     result = {"pretrained": p.pretrained, "data": _data_name(p.data, jobs, p.pretrained), "metric": metric,
               "budgets": p.budgets, "seeds": p.seeds, "rows": build_rows(points, p.budgets),
-              "sweep_dir": str(p.sweep_dir), "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "sweep_dir": str(p.sweep_dir), "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "elapsed_s": round(time.time() - started, 1), "jobs_compute_s": _compute_s(jobs),
               "jobs": {"completed": len(jobs), "total": len(INITS) * len(p.budgets) * len(p.seeds)}}
     text = json.dumps(result, indent=2) + "\n"

@@ -68,6 +68,7 @@ def test_rows_head_start_and_multiplier_on_hand_numbers():
     # 'all' counts as its actual labeled examples per class; random init never reaches 0.7.
     assert every["labels_per_class"] is None and every["examples_per_class"] == 250.0
     assert every["label_multiplier"] is None and every["multiplier_bound"] == ">"
+    assert every["label_multiplier_lower_bound"] == 1.0  # the largest budget is this row's own
     assert "more than" in every["multiplier_note"] and "250 labels per class" in every["multiplier_note"]
 
 
@@ -86,7 +87,8 @@ def test_table():
     text = format_table(result)
     assert "| 1 | 0.410 ± 0.014 (n=2) | 0.200 ± 0.000 (n=1) | +21.0 | 8.6x |" in text
     assert "| 4 | 0.500 ± 0.000 (n=1) | 0.300 ± 0.000 (n=1) | +20.0 | 4x |" in text
-    assert "| all (250) |" in text and "more than the largest budget |" in text
+    assert "| all (250) | 0.700 ± 0.000 (n=1) | 0.650 ± 0.000 (n=1) | +5.0 | more than the largest budget (> 1x) |" \
+        in text
 
 
 def test_budgets_and_seeds():
