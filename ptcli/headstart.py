@@ -347,6 +347,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for r in result["rows"]:
         if r["examples_per_class"]:
             ticks[r["examples_per_class"]] = budget_label(r)
+        if r["multiplier_bound"] == "=" and r["label_multiplier"] > 1:  # the multiplier, drawn: labels to catch up
+            x, y, needed = r["examples_per_class"], r["pretrained"]["mean"], r["random_labels_per_class_needed"]
+            ax.annotate("", xy=(needed, y), xytext=(x, y), arrowprops={"arrowstyle": "->", "color": "gray",
+                                                                       "linestyle": ":"})
+            ax.text(math.sqrt(x * needed), y, f"{_num(r['label_multiplier'])}x", color="gray", fontsize=8,
+                    ha="center", va="bottom")
     ax.set_xscale("log")
     if ticks:
         ax.set_xticks(list(ticks), list(ticks.values()))
