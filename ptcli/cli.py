@@ -166,7 +166,17 @@ def evaluate(
     raise typer.Exit(_guarded(lambda: launch("evaluate", args, json_out=json_out)))
 
 
-@app.command(context_settings=PASSTHROUGH, epilog=HYDRA_HELP)
+HEADSTART_HELP = """
+[bold]Overrides[/bold] (Hydra's grammar) apply to every fine-tune: [cyan]data=text data.train=t.csv[/cyan],
+[cyan]trainer.max_steps=100[/cyan], [cyan]hydra/launcher=joblib[/cyan], [cyan]hydra.sweep.dir=DIR[/cyan];
+[cyan]-cd/--config-dir DIR[/cyan] adds your config groups. init, seed and data.labels_per_class are swept here.
+
+Writes headstart.json, headstart.md, label_efficiency.png and summary.json to
+multirun/headstart/<run>-<data>-<hash>; the same command again resumes the sweep.
+"""
+
+
+@app.command(context_settings=PASSTHROUGH, epilog=HEADSTART_HELP)
 def headstart(
     ctx: typer.Context,
     overrides: list[str] | None = _overrides("pretrained=outputs/pretrain/<ts> data=pydocs"),
