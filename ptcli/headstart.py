@@ -279,10 +279,16 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def collect(sweep_dir: Path, budgets: list[int | None], seeds: list[int]) -> tuple[str, dict, list[Path]]:
-    """The sweep's completed jobs: (metric, {(init, budget): Point}, job directories)."""
+    """The jobs this sweep completed, as its ``summary.json`` lists them (a job directory holding a run of other
+    overrides, which the sweep refused, is not one): (metric, {(init, budget): Point}, job directories)."""
     from ptcli.report import find_runs
 
-    runs = [r for r in find_runs([sweep_dir]) if r.command == "finetune" and r.manifest.get("status") == "completed"
+    try:
+        summary = json.loads((sweep_dir / "summary.json").read_text(encoding="utf-8"))
+        done = [sweep_dir / j["dir"] for j in summary["jobs"] if j.get("status") == "completed"]
+    except (OSError, ValueError, KeyError, TypeError):
+        done = []
+    runs = [r for r in find_runs(done) if r.command == "finetune" and r.manifest.get("status") == "completed"
             and r.config.get("init") in INITS and r.config.get("data.labels_per_class") in budgets
             and r.config.get("seed") in seeds]
     metric = next((m for m in METRICS if runs and all(_finite((r.manifest.get("metrics") or {}).get(m))

@@ -173,6 +173,12 @@ def test_headstart_end_to_end_then_rerun_skips_completed_jobs(ptcli, smoke_pretr
     assert all(read_manifest(sweep / d)["ended_at"] == ended for d, ended in kept.items())
     assert read_manifest(sweep / redo)["status"] == "completed"
     assert r.stdout.startswith("test/accuracy, mean ± std over seeds 0;") and "| all (10) |" in r.stdout
+    # Other jobs into the same sweep directory: refused, and their old runs are not taken for results.
+    before = (sweep / "headstart.json").read_text()
+    r = ptcli(*args, "trainer.max_steps=3", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert r.code == 1 and "it holds a run of other overrides" in r.stderr, r
+    assert json.loads((sweep / "summary.json").read_text())["failed"] == 4
+    assert "no fine-tune in" in r.stderr and r.stdout == "" and (sweep / "headstart.json").read_text() == before
 
 
 def _text_data(tmp_path):
