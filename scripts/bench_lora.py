@@ -43,7 +43,8 @@ def main() -> None:
         for seed in args.seeds.split(","):
             run_dir = args.out / "runs" / f"{arm}_seed{seed}"
             cmd = [exe, "finetune", f"pretrained={args.pretrain_run}", "data=pydocs",
-                   f"data.labels_per_class={args.labels}", f"seed={seed}", *ARMS[arm], *args.overrides, f"hydra.run.dir={run_dir}"]
+                   f"data.labels_per_class={args.labels}", f"seed={seed}", *ARMS[arm], *args.overrides,
+                   f"hydra.run.dir={run_dir}"]
             t = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True)
             wall = time.perf_counter() - t
