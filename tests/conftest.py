@@ -141,6 +141,14 @@ def run_in_process(args: tuple[str, ...], cwd: Path | None, env: dict, timeout: 
              {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)},
              list(root.handlers), root.level, getattr(build, "TRUSTED", ()))
     out, err = io.StringIO(), io.StringIO()
+    # Libraries' own stderr handlers (datasets', transformers') keep the stream that was sys.stderr when they were
+    # made, maybe an earlier run's or pytest's capture, since closed: for this run they write to its stderr, as in a
+    # new process.
+    stream_handlers = {h: h.stream for lg in [root, *logging.Logger.manager.loggerDict.values()]
+                       for h in getattr(lg, "handlers", ())
+                       if type(h) is logging.StreamHandler and h.stream not in (sys.__stdout__,)}
+    for h in stream_handlers:
+        h.setStream(err)
     code: int | None = None
 
     def on_alarm(signum, frame):
@@ -187,6 +195,8 @@ def run_in_process(args: tuple[str, ...], cwd: Path | None, env: dict, timeout: 
         # its file, maybe in a deleted directory, at the next record: never put one back.
         root.handlers[:] = [h for h in log_handlers if not (isinstance(h, logging.FileHandler) and h.stream is None)]
         root.setLevel(level)
+        for h, stream in stream_handlers.items():
+            h.setStream(stream)
         GlobalHydra.instance().clear()
     return Result(code, out.getvalue(), err.getvalue())
 
