@@ -4,13 +4,26 @@ losses and gradients, lower peak memory), and the refusals of settings a device 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import TINY_TRANSFORMER, read_manifest, read_metrics, require
 from safetensors.torch import load_file
 
-FP16 = ["pretrain", "debug=smoke", *TINY_TRANSFORMER, "trainer.precision=fp16", "trainer.log_every=1",
-        "trainer.eval_every=100"]
+SMOKE = ["pretrain", "debug=smoke", *TINY_TRANSFORMER, "trainer.log_every=1", "trainer.eval_every=100"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> list[str]:
+    """``data=text`` overrides for a small unlabeled corpus (pydocs costs a few seconds more per run)."""
+    import random
+
+    rng = random.Random(0)
+    words = "open read write file path line sum square root number socket host port the of a to in".split()
+    path = tmp_path_factory.mktemp("corpus") / "train.txt"
+    path.write_text("\n".join(" ".join(rng.choice(words) for _ in range(30)) for _ in range(300)) + "\n")
+    return ["data=text", f"data.train={path}", "tokenizer.vocab_size=200"]
 
 
 def _scaler(run) -> dict:
@@ -21,12 +34,12 @@ def _train_losses(run) -> list[tuple[int, float]]:
     return [(e["step"], e["loss"]) for e in read_metrics(run) if e["split"] == "train"]
 
 
-def test_fp16_on_cpu_trains_and_resume_restores_the_gradient_scaler(ptcli, tmp_path):
+def test_fp16_on_cpu_trains_and_resume_restores_the_gradient_scaler(ptcli, corpus, tmp_path):
     run = tmp_path / "run"
-    r = ptcli(*FP16, "trainer.max_steps=3", f"hydra.run.dir={run}")
+    r = ptcli(*SMOKE, *corpus, "trainer.precision=fp16", "trainer.max_steps=3", f"hydra.run.dir={run}")
     assert r.code == 0, r
     logged = read_metrics(run)[0]
-    assert logged["loss_scale"] == 2.0**16 and logged["loss"] == pytest.approx(6.9, abs=0.3)  # ln(1000): chance
+    assert logged["loss_scale"] == 2.0**16 and 1 < logged["loss"] < math.log(200)  # finite, near chance
     first = _scaler(run)
     assert first["_growth_tracker"] == 3  # three steps without an overflow since the scale last changed
     weights = load_file(str(run / "checkpoints" / "last" / "model.safetensors"))
@@ -54,11 +67,10 @@ def test_precision_the_device_cannot_do_is_refused():
         check_trainer_config(OmegaConf.structured(TrainerConfig(precision="fp16", strategy="fsdp")))
 
 
-def test_activation_checkpointing_gives_the_same_losses(ptcli, tmp_path):
+def test_activation_checkpointing_gives_the_same_losses(ptcli, corpus, tmp_path):
     # MLM pre-training: the last block's masked-positions path (only=) is checkpointed too; dropout on, so the
     # recomputation must replay the same dropout masks.
-    args = ["pretrain", "debug=smoke", *TINY_TRANSFORMER, "model.dropout=0.1", "trainer.max_steps=3",
-            "trainer.log_every=1", "trainer.eval_every=100"]
+    args = [*SMOKE, *corpus, "model.dropout=0.1", "trainer.max_steps=3"]
     r = ptcli(*args, f"hydra.run.dir={tmp_path / 'plain'}")
     assert r.code == 0, r
     r = ptcli(*args, "trainer.activation_checkpointing=true", f"hydra.run.dir={tmp_path / 'ckpt'}")
