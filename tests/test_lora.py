@@ -107,8 +107,7 @@ def assert_merged_export_matches(ptcli, run_dir, out) -> None:
     assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
 
 
-def test_lora_finetune_of_a_ptcli_encoder_resumes_evaluates_and_exports_merged(ptcli, smoke_pretrain, labeled,
-                                                                                tmp_path):
+def test_lora_finetune_of_a_ptcli_encoder_resumes_and_exports_merged(ptcli, smoke_pretrain, labeled, tmp_path):
     run = tmp_path / "ft"
     r = ptcli("finetune", f"pretrained={smoke_pretrain}", *LORA, *labeled, "trainer.max_steps=4",
               f"hydra.run.dir={run}")
