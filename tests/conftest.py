@@ -148,7 +148,7 @@ def run_in_process(args: tuple[str, ...], cwd: Path | None, env: dict, timeout: 
                        for h in getattr(lg, "handlers", ())
                        if type(h) is logging.StreamHandler and h.stream not in (sys.__stdout__,)}
     for h in stream_handlers:
-        h.setStream(err)
+        h.stream = err  # not setStream: it flushes the old stream, which may be closed
     code: int | None = None
 
     def on_alarm(signum, frame):
@@ -196,7 +196,7 @@ def run_in_process(args: tuple[str, ...], cwd: Path | None, env: dict, timeout: 
         root.handlers[:] = [h for h in log_handlers if not (isinstance(h, logging.FileHandler) and h.stream is None)]
         root.setLevel(level)
         for h, stream in stream_handlers.items():
-            h.setStream(stream)
+            h.stream = stream
         GlobalHydra.instance().clear()
     return Result(code, out.getvalue(), err.getvalue())
 
