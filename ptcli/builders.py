@@ -11,7 +11,6 @@ from ptcli.build import component_class, instantiate
 from ptcli.errors import UsageError
 from ptcli.models.classifier import ImageClassifier, SequenceClassifier
 from ptcli.objectives.mlm import MaskedLM, word_start_table
-from ptcli.objectives.simclr import SimCLR
 from ptcli.tokenizer import special_ids
 
 
@@ -39,14 +38,25 @@ def build_mlm(cfg: Any, tok: Any, weights_from: str | None = None) -> MaskedLM:
     return objective
 
 
-def build_simclr(cfg: Any) -> SimCLR:
-    """Image encoder (``cfg.model``) + SimCLR objective (``cfg.objective``)."""
+def build_image_objective(cfg: Any) -> Any:
+    """Image encoder (``cfg.model``) + image pre-training objective (``cfg.objective``): any objective class that
+    declares ``modality = "image"`` (SimCLR, BYOL, VICReg, Barlow Twins, or a trusted package's). What the recipe
+    needs of it: the encoder it is given kept as ``.encoder`` (what ``finetune pretrained=``, the probes and
+    ``embed`` use), and ``forward(images, generator=...)`` returning ``{"loss", "count"}``."""
+    if cfg.get("objective") is None:
+        raise UsageError("image pre-training needs an objective: objective=simclr, byol, vicreg or barlow_twins.")
+    declared = getattr(component_class(cfg.objective, "objective"), "modality", None)
+    if declared != "image":
+        raise UsageError(f"objective={cfg.objective._target_} declares modality={declared!r}; image pre-training "
+                         "takes an objective that declares modality = 'image' (objective=simclr, byol, vicreg, "
+                         "barlow_twins; README: Extending ptcli).")
     encoder = instantiate(cfg.model, "model")
     if getattr(encoder, "modality", None) != "image":
-        raise UsageError("objective=simclr needs an image encoder: model=convnet.")
+        raise UsageError(f"objective={cfg.objective._target_} needs an image encoder: model=convnet.")
     model = instantiate(cfg.objective, "objective", encoder=encoder)
-    if not isinstance(model, SimCLR):
-        raise UsageError("model=convnet pre-trains with objective=simclr.")
+    if getattr(model, "encoder", None) is not encoder:
+        raise UsageError(f"objective={cfg.objective._target_} does not keep the encoder it is given as .encoder, "
+                         "which downstream commands use (README: Extending ptcli).")
     return model
 
 

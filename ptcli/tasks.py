@@ -193,7 +193,7 @@ def _rerun_sweep_job(out_dir: Path, cfg: DictConfig, overrides: list[str]) -> tu
 # run's model class declares (``ptcli.build.run_modality``); evaluate takes that of the run it scores.
 RECIPES: dict[tuple[str, str], str] = {
     ("pretrain", "text"): "ptcli.recipes.pretrain:pretrain",
-    ("pretrain", "image"): "ptcli.recipes.simclr:pretrain_simclr",
+    ("pretrain", "image"): "ptcli.recipes.pretrain_images:pretrain_images",
     ("finetune", "text"): "ptcli.recipes.finetune:finetune",
     ("finetune", "image"): "ptcli.recipes.finetune_images:finetune_images",
     ("evaluate", "text"): "ptcli.recipes.evaluate:evaluate",

@@ -28,14 +28,14 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
 
     import ptcli.config  # noqa: F401
-    from ptcli.builders import build_simclr
+    from ptcli.builders import build_image_objective
     from ptcli.data.images import load_digits_splits
     from ptcli.launch import conf_dir
 
     with initialize_config_dir(str(conf_dir()), version_base=None):
         cfg = compose("pretrain", ["model=convnet", "objective=simclr", "data=digits"])
     torch.manual_seed(0)
-    model = build_simclr(cfg)
+    model = build_image_objective(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=float(cfg.optim.lr), fused=True)
     x = load_digits_splits()["train"][0]
     bs = int(cfg.trainer.batch_size)

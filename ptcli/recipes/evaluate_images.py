@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from ptcli.builders import build_image_classifier, build_simclr, load_image_data
+from ptcli.builders import build_image_classifier, build_image_objective, load_image_data
 from ptcli.checkpoint import load_into, trained_checkpoint
 from ptcli.data.labels import LabelMap
 from ptcli.errors import UsageError
@@ -39,7 +39,7 @@ def _split(splits: dict[str, Any]) -> str:
 
 
 def _evaluate_pretrained(target: RunDir, tcfg: DictConfig, data_cfg: DictConfig, device: torch.device, seed: int):
-    model = build_simclr(tcfg)
+    model = build_image_objective(tcfg)
     ckpt = trained_checkpoint(target)
     load_into(model, ckpt)
     model.to(device).eval()
