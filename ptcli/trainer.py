@@ -3,6 +3,10 @@
 A recipe hands over a ``step_fn(batch) -> {"loss": tensor, ...}`` and an ``eval_fn() -> {name: value}``;
 the loop owns everything else: accumulation, clipping, schedule, logging, validation, best/last
 checkpoints, signals and non-finite losses. One loop a reader can hold in their head.
+
+A model may define ``after_step(step, total_steps)``: the loop calls it after each optimizer step, with the number
+of steps done so far (BYOL moves its momentum target there). What it changes belongs in the model's
+``state_dict``, and what it depends on besides is the step alone, so checkpoints and resumed runs keep it exactly.
 """
 
 from __future__ import annotations
@@ -236,6 +240,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         if cfg.get("activation_checkpointing"):
             enable_activation_checkpointing(model)
+        hook = getattr(model, "after_step", None)
+        self._after_step: Callable[[int, int], None] | None = hook if callable(hook) else None
 
     # -- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -352,6 +358,8 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                     self._scheduler_step()
                     self.step += 1
+                    if self._after_step is not None:
+                        self._after_step(self.step, self.total_steps)
                     self.n_acc += 1
                     if "first_step_s" not in self.run.manifest:
                         from ptcli import PROCESS_START
