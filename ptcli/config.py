@@ -29,17 +29,21 @@ from ptcli.models.convnet import ConvNetConfig
 from ptcli.models.hf import HFEncoderConfig
 from ptcli.models.lora import LoraConfig
 from ptcli.models.transformer import TransformerConfig
+from ptcli.objectives.barlow_twins import BarlowTwinsConfig
+from ptcli.objectives.byol import BYOLConfig
 from ptcli.objectives.mlm import MLMConfig
 from ptcli.objectives.simclr import SimCLRConfig
+from ptcli.objectives.vicreg import VICRegConfig
 from ptcli.optim import AdamWConfig, ScheduleConfig
 from ptcli.tokenizer import TokenizerConfig
 from ptcli.trainer import TrainerConfig
 
 __all__ = [
     "RunConfig", "SCHEMAS", "PLAIN_SECTIONS", "LEGACY_KEYS", "component_schemas", "register", "AdamWConfig",
-    "ConvNetConfig", "DataSourceConfig", "DigitsConfig", "FinetuneConfig", "HFEncoderConfig", "HubDatasetConfig",
-    "ImageFilesConfig", "LoraConfig", "MLMConfig", "PydocsConfig", "ScheduleConfig", "SimCLRConfig",
-    "TextFilesConfig", "TokenizerConfig", "TrainerConfig", "TransformerConfig",
+    "BarlowTwinsConfig", "BYOLConfig", "ConvNetConfig", "DataSourceConfig", "DigitsConfig", "FinetuneConfig",
+    "HFEncoderConfig", "HubDatasetConfig", "ImageFilesConfig", "LoraConfig", "MLMConfig", "PydocsConfig",
+    "ScheduleConfig", "SimCLRConfig", "TextFilesConfig", "TokenizerConfig", "TrainerConfig", "TransformerConfig",
+    "VICRegConfig",
 ]
 
 
@@ -90,7 +94,7 @@ class RunConfig:
 # would let ``ptcli.rundir.Path`` through), and validates loaded sections against these schemas.
 SCHEMAS: dict[str, list[type]] = {
     "model": [TransformerConfig, ConvNetConfig, HFEncoderConfig],
-    "objective": [MLMConfig, SimCLRConfig],
+    "objective": [MLMConfig, SimCLRConfig, BYOLConfig, VICRegConfig, BarlowTwinsConfig],
     "data": list(SOURCE_SCHEMAS.values()),
     "optim": [AdamWConfig],
     "schedule": [ScheduleConfig],
@@ -106,7 +110,8 @@ LEGACY_KEYS: dict[str, frozenset[str]] = {"data": LEGACY_FLAT_KEYS}
 # objective, data, optim and schedule groups; trainer's schema is plain.
 _STORE: dict[str, dict[str, type]] = {
     "model": {"transformer": TransformerConfig, "convnet": ConvNetConfig},
-    "objective": {"mlm": MLMConfig, "simclr": SimCLRConfig},
+    "objective": {"mlm": MLMConfig, "simclr": SimCLRConfig, "byol": BYOLConfig, "vicreg": VICRegConfig,
+                  "barlow_twins": BarlowTwinsConfig},
     "data": dict(SOURCE_SCHEMAS),
     "optim": {"adamw": AdamWConfig},
     "schedule": {"schedule": ScheduleConfig},

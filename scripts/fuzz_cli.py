@@ -60,7 +60,7 @@ def schema_keys() -> dict[str, str]:
     from ptcli import config as c
 
     sections = {"": c.RunConfig, "model": (c.TransformerConfig, c.ConvNetConfig),
-                "objective": (c.MLMConfig, c.SimCLRConfig)}
+                "objective": (c.MLMConfig, c.SimCLRConfig, c.BYOLConfig, c.VICRegConfig, c.BarlowTwinsConfig)}
     keys: dict[str, str] = {}
 
     def kind(tp: Any) -> str:
@@ -126,7 +126,8 @@ def override(draw: st.DrawFn, keys: dict[str, str]) -> str:
                                      "ü=1", "=1", "model..dim=3", "trainer.max_steps", "-x", "--nope"]))
     if choice == 7:  # group options: real, unknown, empty, unicode
         group = draw(st.sampled_from(["model", "objective", "data", "trainer", "optim", "schedule", "debug"]))
-        option = draw(st.sampled_from(["transformer", "convnet", "mlm", "simclr", "text", "images", "hf", "digits",
+        option = draw(st.sampled_from(["transformer", "convnet", "mlm", "simclr", "byol", "vicreg", "barlow_twins",
+                                       "text", "images", "hf", "digits",
                                        "pydocs", "default", "finetune", "linear", "constant", "smoke", "", "nope",
                                        "ünï", "../pretrain", "null"]))
         return f"{group}={option}"

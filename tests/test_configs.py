@@ -32,7 +32,8 @@ OPT_IN = ("hparams_search",)
 # without the text/image stack below, and only into the command their name begins with (pretrain_...).
 PRESETS = ("experiment",)
 # Options that need an image stack around them; every other option is composed with the text stack.
-IMAGE_OPTIONS = {"model": {"convnet"}, "objective": {"simclr"}, "data": {"digits", "images"}}
+IMAGE_OPTIONS = {"model": {"convnet"}, "objective": {"simclr", "byol", "vicreg", "barlow_twins"},
+                 "data": {"digits", "images"}}
 TEXT_STACK = {"model": "transformer", "objective": "mlm", "data": "pydocs"}
 IMAGE_STACK = {"model": "convnet", "objective": "simclr", "data": "digits"}
 TINY = {"model": {"dim": 32, "heads": 2, "layers": 2, "ffn_dim": 64}, "trainer": {"max_steps": 4}}
