@@ -1,13 +1,14 @@
 """The one step that turns a composed config into a run's final config, before its run directory is written.
 
-A command line composes a config; some of its values are not the user's to set but follow from elsewhere:
-the architecture of a ``pretrained=`` run or ``hf:`` checkpoint, a learning rate left null, the images an
-image fine-tune takes from its pre-training run. ``resolve_run_config`` derives them all here, once, so
-``config.yaml`` is written once (``RunDir.start``) with what the run really uses, and recipes read a config
-they cannot change (it is made read-only). ``DERIVED`` lists those keys next to their defaults; on resume the
-same derivation runs again, except for the keys in ``RESUME_ADOPTS``, which come from the resumed run as
-they were (no hub access on resume), so ``RunDir.resume`` compares two finished configs and knows nothing
-about recipes. It also names the modality the recipe table (``ptcli.tasks.RECIPES``) routes on.
+A command line composes a config; some of its values are not the user's to set but follow from elsewhere: the
+architecture of a ``pretrained=`` run or ``hf:`` checkpoint, a learning rate left null, the images an image
+fine-tune takes from its pre-training run, the side images are resized to (``data.size=null``).
+``resolve_run_config`` derives them all here, once, so ``config.yaml`` is written once (``RunDir.start``) with
+what the run really uses, and recipes read a config they cannot change (it is made read-only). ``DERIVED`` lists
+those keys next to their defaults; on resume the same derivation runs again, except for the keys in
+``RESUME_ADOPTS``, which come from the resumed run as they were (no hub access on resume), so ``RunDir.resume``
+compares two finished configs and knows nothing about recipes. It also names the modality the recipe table
+(``ptcli.tasks.RECIPES``) routes on.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ptcli.build import run_config, run_modality
+from ptcli.build import component_class, instantiate, run_config, run_modality
 from ptcli.errors import UsageError
 
 # optim.lr=null (conf/finetune.yaml): measured best head start at 16 (text) / 5 (images) labels per class.
@@ -42,6 +43,8 @@ DERIVED: dict[str, str] = {
     "optim.lr": "null: FINETUNE_LR[modality] (finetune), MLM_LR['scratch' | 'hf'] (text pretrain)",
     "data": "an image fine-tune of an image pretrain run without data=...: the pretrain run's data "
             "(data.labels_per_class kept)",
+    "data.size": "null (data=images): the size the encoder was trained at (finetune pretrained=RUN, evaluate "
+                 "RUN data=...), otherwise the images' own size when they all share one square size",
 }
 # On resume these come from the run being resumed, not derived again (init_from=hf: would read the hub).
 RESUME_ADOPTS = ("model",)
@@ -74,6 +77,8 @@ def resolve_run_config(cfg: DictConfig, command: str, run_dir: Path, overrides: 
         _pretrain(out, Path(run_dir), overrides)
     elif command == "finetune":
         _finetune(out, overrides)
+    elif command == "evaluate":
+        _evaluate(out, overrides)
     return out
 
 
@@ -94,6 +99,8 @@ def _pretrain(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> None:
             cfg.model = _hf_model(spec[3:], run_dir / HF_MODEL_DIR)
     if kind == "text" and cfg.optim.lr is None:
         cfg.optim.lr = MLM_LR["hf" if cfg.init_from else "scratch"]
+    if kind == "image":
+        _image_size(cfg)
     if kind == "text" and cfg.model.get("max_len") is not None and cfg.data.block_size > cfg.model.max_len:
         source = f"the positions of {cfg.init_from}" if cfg.init_from else "model.max_len"
         raise UsageError(f"data.block_size={cfg.data.block_size} exceeds {source} ({cfg.model.max_len}); "
@@ -139,6 +146,41 @@ def _finetune(cfg: DictConfig, overrides: list[str]) -> None:
         budget = cfg.data.labels_per_class
         cfg.data = src_cfg.data
         cfg.data.labels_per_class = budget
+    if kind == "image":
+        _image_size(cfg, src_cfg.data if from_images else None)
+
+
+def _evaluate(cfg: DictConfig, overrides: list[str]) -> None:
+    """``evaluate RUN data=...``: images resized as the evaluated run's were, unless data.size says otherwise."""
+    if not any(o.lstrip("+~").split("=", 1)[0].split(".")[0] == "data" for o in overrides):
+        return  # (the run's own data, as its config.yaml holds it: ptcli.evaluation)
+    if cfg.get("data") is None or "size" not in cfg.data or cfg.data.size is not None:
+        return
+    from ptcli.rundir import RunDir
+
+    target = run_config(RunDir.load(cfg.run_dir), cfg.trusted_packages)
+    _image_size(cfg, target.data if "data" in target else None)
+
+
+def trained_image_size(data_cfg: Any) -> int | None:
+    """The side a run's images had: its ``data.size``, or its image source's fixed size (digits: 8); None for
+    text."""
+    cls = component_class(data_cfg, "data")
+    if getattr(cls, "modality", "text") != "image":
+        return None
+    return data_cfg.get("size") or getattr(cls, "size", None)
+
+
+def _image_size(cfg: DictConfig, trained_on: Any = None) -> None:
+    """``data.size=null`` of an image source -> a number, so config.yaml holds the size the run used (and a
+    resume, ``evaluate`` or ``embed`` resizes alike): ``trained_on``'s (the data of the run whose encoder this
+    run loads) when given, otherwise the images' own size (``ImageFiles.image_size``)."""
+    if "size" not in cfg.data or cfg.data.size is not None:
+        return
+    if getattr(component_class(cfg.data, "data"), "modality", "text") != "image":
+        return
+    size = trained_image_size(trained_on) if trained_on is not None else None
+    cfg.data.size = size or instantiate(cfg.data, "data", seed=cfg.get("seed", 0)).image_size()
 
 
 def _pretrained_config(path: str, overrides: list[str], trusted: Any) -> DictConfig:

@@ -87,15 +87,24 @@ class DigitsConfig(DataSourceConfig):
 
 @dataclass
 class ImageFilesConfig(DataSourceConfig):
-    """``data=images``: a folder (class sub-folders or flat) or an .npz file."""
+    """``data=images``: a folder (class sub-folders or flat; or train/ validation/ test/ sub-folders) or an .npz
+    file as ``data.path``, or the official splits as ``data.train`` / ``data.validation`` / ``data.test``."""
 
     _target_: str = "ptcli.data.sources.ImageFiles"
-    path: str | None = None  # required (ImageFiles says so)
-    size: int = 32  # images are resized to size x size
+    path: str | None = None  # this or data.train is required (ImageFiles says so)
+    # Official splits, each a folder or an .npz (as data=text takes files): train is required with the others;
+    # without validation a seeded data.val_fraction of train is held out; without test there is none.
+    train: str | None = None
+    validation: str | None = None
+    test: str | None = None
+    # Images are resized to size x size; null = their own size, when they all share one square size (else an
+    # error naming the sizes found). A run's config.yaml holds the size it used (ptcli.runconfig).
+    size: int | None = None
     channels: int = 1  # 1 (grayscale) or 3 (RGB)
     on_error: str = "fail"  # fail | skip (unreadable image files)
-    # Seeded, stratified hold-outs: a tenth each, so that small folders still give every class a few
-    # validation and test images.
+    # Seeded, stratified hold-outs of one data.path: a tenth each, so that small folders still give every
+    # class a few validation and test images. With official splits, val_fraction holds out validation from
+    # train when there is no validation split.
     val_fraction: float = 0.1
     test_fraction: float = 0.1
 
@@ -371,6 +380,8 @@ class ImageSource(DataSource):
     """Image sources return tensors: ``{split: (x [N, C, H, W] in [0, 1], y [N] or None)}`` + class names."""
 
     modality = "image"
+    # The side every image of this source has (digits: 8), or None when data.size decides (``image_size``).
+    size: int | None = None
 
     def load(self):
         raise UsageError(f"{self.describe()} holds images; use model=convnet with objective=simclr (pretrain) "
@@ -379,9 +390,20 @@ class ImageSource(DataSource):
     def load_images(self) -> tuple[dict[str, tuple[Any, Any]], list[str]]:
         raise NotImplementedError
 
+    def image_size(self) -> int:
+        """The side the images are loaded at."""
+        assert self.size is not None
+        return self.size
+
+    def origins(self) -> dict[str, str]:
+        """Where each split comes from, for run.json."""
+        return {}
+
 
 class Digits(ImageSource):
     """scikit-learn's bundled 8x8 digits: fixed stratified train/validation/test split, label = digit."""
+
+    size = 8
 
     def describe(self) -> str:
         return "data=digits"
@@ -393,41 +415,163 @@ class Digits(ImageSource):
         splits = load_digits_splits(self.seed)
         return _limit(splits, self.max_train_examples, self.seed), [str(d) for d in range(10)]
 
+    def origins(self) -> dict[str, str]:
+        return {s: "scikit-learn digits, fixed stratified 70/10/20 split" for s in ("train", "validation", "test")}
+
+
+IMAGE_SPLITS = ("train", "validation", "test")
+
 
 class ImageFiles(ImageSource):
-    """The user's images: ``data.path`` = a folder (class sub-folders = labels, or flat) or an ``.npz`` file.
-
-    Validation and test are seeded, stratified hold-outs (``data.val_fraction``, ``data.test_fraction``).
+    """The user's images: ``data.path`` = a folder (class sub-folders = labels, or flat) or an ``.npz`` file, split
+    into seeded, stratified hold-outs (``data.val_fraction``, ``data.test_fraction``); or official splits: a
+    ``data.path`` folder whose sub-folders are ``train/`` (required), ``validation/`` (or ``val/``, ``valid/``) and
+    ``test/``, or ``data.train`` / ``data.validation`` / ``data.test``, the rules of ``data=text``: train is
+    required, a missing validation split is held out from train (``data.val_fraction``), a missing test split
+    stays empty. The classes of validation and test must be classes of train.
     """
 
     def describe(self) -> str:
+        if self.options.get("train") is not None:
+            return f"data.train={self.options.get('train')}"
         return f"data.path={self.options.get('path')}"
 
-    def load_images(self):
-        import numpy as np
-        import torch
+    def inputs(self) -> dict[str, tuple[str, Path]]:
+        """``{split: (config key, path)}``; the split ``"all"`` is one pool to hold validation and test out of."""
+        from ptcli.data.images import checked_input, split_folders
 
+        opt = self.options
+        given = {s: opt.get(s) for s in IMAGE_SPLITS if opt.get(s) is not None}
+        path = opt.get("path")
+        if path and given:
+            raise UsageError(f"data.path and data.{next(iter(given))} both given: pass either data.path (one folder "
+                             "or .npz, split into train/validation/test unless it has train/ validation/ test/ "
+                             "sub-folders) or data.train [data.validation] [data.test].")
+        if given:
+            if "train" not in given:
+                raise UsageError("data.train is required with data=images when data.validation or data.test is "
+                                 "given: data.train=path/to/train (a folder or .npz)")
+            return {s: (f"data.{s}", checked_input(v, f"data.{s}")) for s, v in given.items()}
+        if not path:
+            raise UsageError("data.path is required with data=images: a folder of images or an .npz file "
+                             "(or data.train=... [data.validation=...] [data.test=...]).")
+        p = checked_input(path, "data.path")
+        folders = split_folders(p)
+        if folders:
+            return {s: (f"data.path ({folders[s].name}/)", folders[s]) for s in IMAGE_SPLITS if s in folders}
+        return {"all": ("data.path", p)}
+
+    def _options(self) -> tuple[int, str]:
+        opt, schema = self.options, ImageFilesConfig
+        return int(opt.get("channels") or schema.channels), str(opt.get("on_error", schema.on_error))
+
+    def image_size(self) -> int:
+        """``data.size``, or when it is null the images' own size (all splits' images must share one)."""
+        size = self.options.get("size")
+        if size is not None:
+            return size
+        from collections import Counter
+
+        from ptcli.data.images import image_shapes, native_size
+
+        inputs = self.inputs()
+        shapes: Counter = Counter()
+        for key, p in inputs.values():
+            shapes.update(image_shapes(str(p), key))
+        where = (f"data.path='{self.options.get('path')}'" if self.options.get("path")
+                 else " and ".join(f"{key}='{p}'" for key, p in inputs.values()))
+        return native_size(shapes, where)
+
+    def origins(self) -> dict[str, str]:
+        inputs = self.inputs()
+        opt, schema = self.options, ImageFilesConfig
+        held = f"seed {self.seed}, stratified"
+        val = f"data.val_fraction={opt.get('val_fraction', schema.val_fraction)}"
+        if "all" in inputs:
+            key, p = inputs["all"]
+            test = f"data.test_fraction={opt.get('test_fraction', schema.test_fraction)}"
+            return {"train": f"{key}='{p}' (what is not held out)",
+                    "validation": f"{key}='{p}' (held out: {val}, {held})",
+                    "test": f"{key}='{p}' (held out: {test}, {held})"}
+        out = {s: f"{key}='{p}'" for s, (key, p) in inputs.items()}
+        out.setdefault("validation", f"held out from train ({val}, {held})")
+        out.setdefault("test", "none")
+        return {s: out[s] for s in IMAGE_SPLITS}
+
+    def load_images(self):
         from ptcli.data.images import load_image_folder
 
         self.check_not_streaming()
-        path = self.options.get("path")
-        if not path:
-            raise UsageError("data.path is required with data=images: a folder of images or an .npz file.")
+        inputs = self.inputs()
+        size = self.image_size()
+        channels, on_error = self._options()
+        if "all" in inputs:
+            key, p = inputs["all"]
+            x, y, names = load_image_folder(str(p), size, channels, on_error, key)
+            return _limit(self._hold_out(x, y, names, key), self.max_train_examples, self.seed), names
+        loaded = {s: load_image_folder(str(p), size, channels, on_error, key) for s, (key, p) in inputs.items()}
+        x, y, names = loaded["train"]
+        splits = {"train": (x, y)}
+        for split in ("validation", "test"):
+            if split in loaded:
+                splits[split] = self._align(split, *inputs[split], loaded[split], y is not None, names)
+        if "validation" not in splits:
+            key = inputs["train"][0]
+            held = self._hold_out(x, y, names, key, test=False)
+            splits["train"], splits["validation"] = held["train"], held["validation"]
+        if "test" not in splits:
+            x_train, y_train = splits["train"]
+            splits["test"] = (x_train[:0], y_train[:0] if y_train is not None else None)
+        return _limit(splits, self.max_train_examples, self.seed), names
+
+    def _align(self, split: str, key: str, p: Path, loaded: tuple, labeled: bool, names: list[str]):
+        """A validation/test split's labels as indices into train's class names; its classes must be train's."""
+        import torch
+
+        from ptcli.data.images import one_class_folder
+
+        x, y, own = loaded
+        if labeled and y is None and p.is_dir() and (only := one_class_folder(p)) is not None:
+            y, own = torch.zeros(len(x), dtype=torch.long), [only]  # one class sub-folder: still labeled
+        if labeled != (y is not None):
+            has, lacks = ("the training split", f"the {split} split") if labeled else (f"the {split} split",
+                                                                                      "the training split")
+            raise UsageError(f"{key}: {has} has class labels but {lacks} ('{p}') has none (a flat folder, or an "
+                             ".npz without y). Give every split the same class sub-folders (or y), or none.")
+        if y is None:
+            return x, None
+        index = {name: i for i, name in enumerate(names)}
+        used = sorted({own[i] for i in y.unique().tolist()})
+        unknown = [name for name in used if name not in index]
+        if unknown:
+            shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+            raise UsageError(f"{key}: the {split} split ('{p}') has class '{unknown[0]}'"
+                             f"{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}, which the training "
+                             f"split lacks (its classes: {shown}). Every {split} class must also be a training "
+                             "class: add its images to train, or remove them.")
+        remap = torch.tensor([index.get(name, -1) for name in own], dtype=torch.long)
+        return x, remap[y]
+
+    def _hold_out(self, x, y, names: list[str], key: str, test: bool = True) -> dict[str, tuple[Any, Any]]:
+        """Seeded, stratified hold-outs of one pool: validation (and test) by data.val_fraction (test_fraction)."""
+        import numpy as np
+        import torch
+
         opt, schema = self.options, ImageFilesConfig
-        x, y, names = load_image_folder(str(path), int(opt.get("size") or schema.size),
-                                        int(opt.get("channels") or schema.channels),
-                                        str(opt.get("on_error", schema.on_error)))
         fractions = (float(opt.get("val_fraction", schema.val_fraction)),
                      float(opt.get("test_fraction", schema.test_fraction)))
-        if len(x) < 10:
-            raise UsageError(f"data.path={path}: only {len(x)} images; need at least 10 to hold out validation "
-                             "and test images.")
+        need = 10 if test else 5
+        if len(x) < need:
+            what = "validation and test" if test else "validation"
+            fix = "" if test else " Pass data.validation=FOLDER_OR_NPZ (or add a validation/ sub-folder)."
+            raise UsageError(f"{key}: only {len(x)} images; need at least {need} to hold out {what} images.{fix}")
         rng = np.random.default_rng(self.seed)
         groups = [np.flatnonzero(y.numpy() == c) for c in range(len(names))] if y is not None else [np.arange(len(x))]
         parts: dict[str, list] = {"train": [], "validation": [], "test": []}
         for idx in groups:  # stratified: each class is split with the same fractions
             idx = rng.permutation(idx)
             n_val, n_test = (max(1, round(f * len(idx))) if len(idx) > 2 else 0 for f in fractions)
+            n_test = n_test if test else 0
             parts["validation"].append(idx[:n_val])
             parts["test"].append(idx[n_val : n_val + n_test])
             parts["train"].append(idx[n_val + n_test :])
@@ -435,7 +579,7 @@ class ImageFiles(ImageSource):
         for name, chunks in parts.items():
             sel = torch.from_numpy(np.sort(np.concatenate(chunks)))
             splits[name] = (x[sel], y[sel] if y is not None else None)
-        return _limit(splits, self.max_train_examples, self.seed), names
+        return splits
 
 
 def _limit(splits: dict, n: int | None, seed: int) -> dict:

@@ -36,8 +36,9 @@ class LabeledImageBatches(SeededBatches):
 def labeled_image_splits(cfg: DictConfig, run: RunDir) -> tuple[dict[str, tuple[Any, Any]], LabelMap]:
     splits, names = load_image_data(cfg.data, cfg.seed)
     if splits["train"][1] is None:
-        raise UsageError(f"data.path={cfg.data.get('path')}: the images have no labels (a flat folder, or an .npz "
-                         "without y). Fine-tuning needs one sub-folder per class or an .npz with y.")
+        where = f"data.train={cfg.data.get('train')}" if cfg.data.get("train") else f"data.path={cfg.data.get('path')}"
+        raise UsageError(f"{where}: the images have no labels (a flat folder, or an .npz without y). Fine-tuning "
+                         "needs one sub-folder per class or an .npz with y.")
     labels = run_labels(cfg, run, lambda: LabelMap(names))
     if labels.names != names:
         raise UsageError(f"resume={run.path}: labels.json names the classes {labels.names[:10]}, but the images "
@@ -66,7 +67,9 @@ def finetune_images(cfg: DictConfig, run: RunDir) -> dict[str, float]:
     total = total_steps(cfg.trainer, batches.batches_per_epoch)
     scheduler = instantiate(cfg.schedule, "schedule", optimizer=optimizer, total_steps=total)
     run.update(data={"train_examples": len(splits["train"][0]), "val_examples": len(splits["validation"][0]),
-                     "test_examples": len(splits["test"][0]), "classes": len(labels.names)})
+                     "test_examples": len(splits["test"][0]), "classes": len(labels.names),
+                     "image_shape": list(splits["train"][0].shape[1:]),
+                     "splits": instantiate(cfg.data, "data", seed=cfg.seed).origins()})
 
     def step_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, y = (dist.to_device(t, device) for t in dist.shard_rows(batch))

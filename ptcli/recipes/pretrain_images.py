@@ -48,6 +48,8 @@ def pretrain_images(cfg: DictConfig, run: RunDir) -> dict[str, float]:
     scheduler = instantiate(cfg.schedule, "schedule", optimizer=optimizer, total_steps=total)
     run.update(data={"train_images": len(splits["train"][0]), "val_images": len(splits["validation"][0]),
                      "image_shape": list(splits["train"][0].shape[1:]), "classes": names,
+                     "test_images": len(splits["test"][0]),
+                     "splits": instantiate(cfg.data, "data", seed=cfg.seed).origins(),  # where each split came from
                      "parameters": sum(p.numel() for p in model.parameters())},
                probe={"knn": PROTOCOLS["knn"]})
 
