@@ -12,6 +12,10 @@ at mask rate 0.15 -- the encoder-side counterpart of projecting onto the vocabul
 ``set_activation_checkpointing(True)`` (``trainer.activation_checkpointing=true``): in training, each block's
 activations are recomputed during backward instead of kept (``torch.utils.checkpoint``, non-reentrant, so it
 composes with DDP, FSDP2 and ``only=``), trading about one more forward pass for memory.
+
+``TransformerBody`` is what the text encoder and ``model=vit`` (ptcli/models/vit.py) share: the block stack,
+the final LayerNorm, the weight init and activation checkpointing. Each subclass brings its own embedding
+(tokens, image patches) and positions (1-D or 2-D rotary tables fed to the same blocks).
 """
 
 from __future__ import annotations
@@ -111,13 +115,68 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.ln2(x)))
 
 
-class TransformerEncoder(nn.Module):
+def check_body(dim: int, layers: int, heads: int, ffn_dim: int, dropout: float) -> None:
+    """The block-stack sizes every ``TransformerBody`` validates (errors name the ``model.*`` key)."""
+    for key, value in (("dim", dim), ("layers", layers), ("heads", heads), ("ffn_dim", ffn_dim)):
+        if value <= 0:
+            raise UsageError(f"model.{key} must be positive, got {value}")
+    if dim % heads:
+        raise UsageError(f"model.heads={heads} must divide model.dim={dim} (e.g. model.heads=4 with dim={dim}).")
+    if not 0.0 <= dropout < 1.0:
+        raise UsageError(f"model.dropout must be in [0, 1), got {dropout}")
+
+
+class TransformerBody(nn.Module):
+    """The pre-LN block stack shared by ptcli's transformers (text: ``TransformerEncoder``; images: ``ViT``).
+
+    A subclass builds its embeddings, then ``_build_body`` (the blocks, the final LayerNorm), then calls
+    ``_init_weights``; its forward embeds and hands the tokens to ``run_blocks`` with its position tables."""
+
+    lora_targets = ("qkv", "proj")  # finetune.lora.target_modules=null: the attention projections (ptcli.models.lora)
+
+    def _build_body(self, dim: int, layers: int, heads: int, ffn_dim: int, dropout: float, bias: bool) -> None:
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(dim, heads, ffn_dim, dropout, bias) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(dim, bias=bias)
+        self.activation_checkpointing = False
+
+    def _init_weights(self) -> None:
+        self.apply(self._init)
+        for name, p in self.named_parameters():  # GPT-2 style scaled init of residual projections
+            if name.endswith("proj.weight") or name.endswith("mlp.2.weight"):
+                nn.init.normal_(p, std=0.02 / (2 * len(self.blocks)) ** 0.5)
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        self.activation_checkpointing = enabled
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+    def run_blocks(self, x: torch.Tensor, mask: torch.Tensor | None,
+                   rotary: tuple[torch.Tensor, torch.Tensor] | None, only: torch.Tensor | None = None) -> torch.Tensor:
+        """Embedded tokens ``x [B, T, dim]`` through the blocks and the final LayerNorm. ``rotary``: cos/sin
+        tables ``[T, head_dim / 2]`` (or ``[B, 1, T, head_dim / 2]``: per-row positions). With ``only``
+        (``[B, T]`` bool): the output at those positions alone, ``[n, dim]`` row-major."""
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
+        for i, block in enumerate(self.blocks):
+            picked = only if i == len(self.blocks) - 1 else None
+            if recompute:  # (dropout masks are replayed: checkpoint restores the RNG state for the recomputation)
+                x = checkpoint(block, x, mask, rotary, picked, use_reentrant=False)
+            else:
+                x = block(x, mask, rotary, only=picked)
+        return self.ln_f(x)
+
+
+class TransformerEncoder(TransformerBody):
     modality = "text"
     produces = "token_states"  # [B, T, dim] hidden states
     finetune_head = "sequence_classifier"
     hf_export = "esm"  # ptcli export writes it as EsmForMaskedLM / EsmForSequenceClassification
     selects_positions = True  # forward(..., only=mask): the last block runs at those positions only (MaskedLM)
-    lora_targets = ("qkv", "proj")  # finetune.lora.target_modules=null: the attention projections (ptcli.models.lora)
 
     # Defaults: TransformerConfig (one place; the YAML and direct callers both get them from there).
     def __init__(self, vocab_size: int, dim: int = TransformerConfig.dim, layers: int = TransformerConfig.layers,
@@ -125,14 +184,10 @@ class TransformerEncoder(nn.Module):
                  max_len: int = TransformerConfig.max_len, dropout: float = TransformerConfig.dropout,
                  bias: bool = TransformerConfig.bias, position: str = TransformerConfig.position) -> None:
         super().__init__()
-        for key, value in (("dim", dim), ("layers", layers), ("heads", heads), ("ffn_dim", ffn_dim),
-                           ("max_len", max_len), ("vocab_size", vocab_size)):
+        check_body(dim, layers, heads, ffn_dim, dropout)
+        for key, value in (("max_len", max_len), ("vocab_size", vocab_size)):
             if value <= 0:
                 raise UsageError(f"model.{key} must be positive, got {value}")
-        if dim % heads:
-            raise UsageError(f"model.heads={heads} must divide model.dim={dim} (e.g. model.heads=4 with dim={dim}).")
-        if not 0.0 <= dropout < 1.0:
-            raise UsageError(f"model.dropout must be in [0, 1), got {dropout}")
         if position not in ("learned", "rotary"):
             raise UsageError(f"model.position must be 'learned' or 'rotary', got {position!r}")
         if position == "rotary" and (dim // heads) % 2:
@@ -145,24 +200,8 @@ class TransformerEncoder(nn.Module):
             cos, sin = rotary_tables(max_len, dim // heads)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
-        self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(dim, heads, ffn_dim, dropout, bias) for _ in range(layers))
-        self.ln_f = nn.LayerNorm(dim, bias=bias)
-        self.activation_checkpointing = False
-        self.apply(self._init)
-        for name, p in self.named_parameters():  # GPT-2 style scaled init of residual projections
-            if name.endswith("proj.weight") or name.endswith("mlp.2.weight"):
-                nn.init.normal_(p, std=0.02 / (2 * layers) ** 0.5)
-
-    def set_activation_checkpointing(self, enabled: bool) -> None:
-        self.activation_checkpointing = enabled
-
-    @staticmethod
-    def _init(m: nn.Module) -> None:
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, std=0.02)
-            if getattr(m, "bias", None) is not None:
-                nn.init.zeros_(m.bias)
+        self._build_body(dim, layers, heads, ffn_dim, dropout, bias)
+        self._init_weights()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 only: torch.Tensor | None = None) -> torch.Tensor:
@@ -180,11 +219,4 @@ class TransformerEncoder(nn.Module):
         x = self.drop(x)
         # SDPA boolean mask: True = may attend. None keeps the fast path for packed (unpadded) blocks.
         mask = attention_mask[:, None, None, :].bool() if attention_mask is not None else None
-        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
-        for i, block in enumerate(self.blocks):
-            picked = only if i == len(self.blocks) - 1 else None
-            if recompute:  # (dropout masks are replayed: checkpoint restores the RNG state for the recomputation)
-                x = checkpoint(block, x, mask, rotary, picked, use_reentrant=False)
-            else:
-                x = block(x, mask, rotary, only=picked)
-        return self.ln_f(x)
+        return self.run_blocks(x, mask, rotary, only)
