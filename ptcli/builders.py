@@ -40,19 +40,20 @@ def build_mlm(cfg: Any, tok: Any, weights_from: str | None = None) -> MaskedLM:
 
 def build_image_objective(cfg: Any) -> Any:
     """Image encoder (``cfg.model``) + image pre-training objective (``cfg.objective``): any objective class that
-    declares ``modality = "image"`` (SimCLR, BYOL, VICReg, Barlow Twins, or a trusted package's). What the recipe
+    declares ``modality = "image"`` (SimCLR, BYOL, VICReg, Barlow Twins, MAE, or a trusted package's). What the recipe
     needs of it: the encoder it is given kept as ``.encoder`` (what ``finetune pretrained=``, the probes and
     ``embed`` use), and ``forward(images, generator=...)`` returning ``{"loss", "count"}``."""
     if cfg.get("objective") is None:
-        raise UsageError("image pre-training needs an objective: objective=simclr, byol, vicreg or barlow_twins.")
+        raise UsageError("image pre-training needs an objective: objective=simclr, byol, vicreg, barlow_twins "
+                         "or mae (model=vit).")
     declared = getattr(component_class(cfg.objective, "objective"), "modality", None)
     if declared != "image":
         raise UsageError(f"objective={cfg.objective._target_} declares modality={declared!r}; image pre-training "
                          "takes an objective that declares modality = 'image' (objective=simclr, byol, vicreg, "
-                         "barlow_twins; README: Extending ptcli).")
+                         "barlow_twins, mae; README: Extending ptcli).")
     encoder = instantiate(cfg.model, "model")
     if getattr(encoder, "modality", None) != "image":
-        raise UsageError(f"objective={cfg.objective._target_} needs an image encoder: model=convnet.")
+        raise UsageError(f"objective={cfg.objective._target_} needs an image encoder: model=convnet or model=vit.")
     model = instantiate(cfg.objective, "objective", encoder=encoder)
     if getattr(model, "encoder", None) is not encoder:
         raise UsageError(f"objective={cfg.objective._target_} does not keep the encoder it is given as .encoder, "

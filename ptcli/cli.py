@@ -21,8 +21,8 @@ HYDRA_HELP = """
 [cyan]+key=value[/cyan] (add), [cyan]~key[/cyan] (delete),
 [cyan]key=a,b[/cyan] or [cyan]key=range(1,4)[/cyan] with [cyan]-m[/cyan] (sweep).
 
-[bold]Config groups[/bold]: model (transformer, convnet),
-objective (mlm, simclr, byol, vicreg, barlow_twins),
+[bold]Config groups[/bold]: model (transformer, convnet, vit),
+objective (mlm, simclr, byol, vicreg, barlow_twins, mae),
 data (pydocs, text, hf, digits, images),
 trainer (default, finetune), optim (adamw), schedule (cosine, linear, constant), debug (smoke),
 experiment (presets: ptcli configs list; yours via --config-dir).

@@ -29,8 +29,10 @@ from ptcli.models.convnet import ConvNetConfig
 from ptcli.models.hf import HFEncoderConfig
 from ptcli.models.lora import LoraConfig
 from ptcli.models.transformer import TransformerConfig
+from ptcli.models.vit import ViTConfig
 from ptcli.objectives.barlow_twins import BarlowTwinsConfig
 from ptcli.objectives.byol import BYOLConfig
+from ptcli.objectives.mae import MAEConfig
 from ptcli.objectives.mlm import MLMConfig
 from ptcli.objectives.simclr import SimCLRConfig
 from ptcli.objectives.vicreg import VICRegConfig
@@ -41,9 +43,9 @@ from ptcli.trainer import TrainerConfig
 __all__ = [
     "RunConfig", "SCHEMAS", "PLAIN_SECTIONS", "LEGACY_KEYS", "component_schemas", "register", "AdamWConfig",
     "BarlowTwinsConfig", "BYOLConfig", "ConvNetConfig", "DataSourceConfig", "DigitsConfig", "FinetuneConfig",
-    "HFEncoderConfig", "HubDatasetConfig", "ImageFilesConfig", "LoraConfig", "MLMConfig", "PydocsConfig",
+    "HFEncoderConfig", "HubDatasetConfig", "ImageFilesConfig", "LoraConfig", "MAEConfig", "MLMConfig", "PydocsConfig",
     "ScheduleConfig", "SimCLRConfig", "TextFilesConfig", "TokenizerConfig", "TrainerConfig", "TransformerConfig",
-    "VICRegConfig",
+    "VICRegConfig", "ViTConfig",
 ]
 
 
@@ -93,8 +95,8 @@ class RunConfig:
 # any other ``ptcli.*`` target (Hydra resolves dotted names through module attributes, so a prefix test
 # would let ``ptcli.rundir.Path`` through), and validates loaded sections against these schemas.
 SCHEMAS: dict[str, list[type]] = {
-    "model": [TransformerConfig, ConvNetConfig, HFEncoderConfig],
-    "objective": [MLMConfig, SimCLRConfig, BYOLConfig, VICRegConfig, BarlowTwinsConfig],
+    "model": [TransformerConfig, ConvNetConfig, ViTConfig, HFEncoderConfig],
+    "objective": [MLMConfig, SimCLRConfig, BYOLConfig, VICRegConfig, BarlowTwinsConfig, MAEConfig],
     "data": list(SOURCE_SCHEMAS.values()),
     "optim": [AdamWConfig],
     "schedule": [ScheduleConfig],
@@ -109,9 +111,9 @@ LEGACY_KEYS: dict[str, frozenset[str]] = {"data": LEGACY_FLAT_KEYS}
 # The ConfigStore names (``schema/<group>/<name>``) that conf/ extends. Hydra instantiates the model,
 # objective, data, optim and schedule groups; trainer's schema is plain.
 _STORE: dict[str, dict[str, type]] = {
-    "model": {"transformer": TransformerConfig, "convnet": ConvNetConfig},
+    "model": {"transformer": TransformerConfig, "convnet": ConvNetConfig, "vit": ViTConfig},
     "objective": {"mlm": MLMConfig, "simclr": SimCLRConfig, "byol": BYOLConfig, "vicreg": VICRegConfig,
-                  "barlow_twins": BarlowTwinsConfig},
+                  "barlow_twins": BarlowTwinsConfig, "mae": MAEConfig},
     "data": dict(SOURCE_SCHEMAS),
     "optim": {"adamw": AdamWConfig},
     "schedule": {"schedule": ScheduleConfig},

@@ -126,8 +126,8 @@ def override(draw: st.DrawFn, keys: dict[str, str]) -> str:
                                      "ü=1", "=1", "model..dim=3", "trainer.max_steps", "-x", "--nope"]))
     if choice == 7:  # group options: real, unknown, empty, unicode
         group = draw(st.sampled_from(["model", "objective", "data", "trainer", "optim", "schedule", "debug"]))
-        option = draw(st.sampled_from(["transformer", "convnet", "mlm", "simclr", "byol", "vicreg", "barlow_twins",
-                                       "text", "images", "hf", "digits",
+        option = draw(st.sampled_from(["transformer", "convnet", "vit", "mlm", "simclr", "byol", "vicreg",
+                                       "barlow_twins", "mae", "text", "images", "hf", "digits",
                                        "pydocs", "default", "finetune", "linear", "constant", "smoke", "", "nope",
                                        "ünï", "../pretrain", "null"]))
         return f"{group}={option}"

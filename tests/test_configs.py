@@ -32,10 +32,12 @@ OPT_IN = ("hparams_search",)
 # without the text/image stack below, and only into the command their name begins with (pretrain_...).
 PRESETS = ("experiment",)
 # Options that need an image stack around them; every other option is composed with the text stack.
-IMAGE_OPTIONS = {"model": {"convnet"}, "objective": {"simclr", "byol", "vicreg", "barlow_twins"},
+IMAGE_OPTIONS = {"model": {"convnet", "vit"}, "objective": {"simclr", "byol", "vicreg", "barlow_twins", "mae"},
                  "data": {"digits", "images"}}
 TEXT_STACK = {"model": "transformer", "objective": "mlm", "data": "pydocs"}
 IMAGE_STACK = {"model": "convnet", "objective": "simclr", "data": "digits"}
+# Options that take only some partners: objective=mae masks patches, so it composes with model=vit.
+PARTNERS = {("objective", "mae"): {"model": "vit"}}
 TINY = {"model": {"dim": 32, "heads": 2, "layers": 2, "ffn_dim": 64}, "trainer": {"max_steps": 4}}
 # Keys the YAML leaves null for the run to derive (the recipe's default learning rate): set as a run would.
 DERIVED = {"optim": {"lr": 1e-3}}
@@ -92,6 +94,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
 def compose_case(command: str, group: str, option: str, files: dict[str, Path]) -> DictConfig:
     choices = default_choices(command)
     stack = IMAGE_STACK if option in IMAGE_OPTIONS.get(group, ()) else TEXT_STACK
+    stack = {**stack, **PARTNERS.get((group, option), {})}
     overrides = [f"{g}={o}" for g, o in stack.items() if g in choices and g != group and group not in PRESETS]
     overrides.append(f"{group}={option}" if group in choices else f"+{group}={option}")
     overrides += ["debug=smoke"] if "debug" in choices and group != "debug" else []
