@@ -90,9 +90,9 @@ def _complete(words: str, cword: int) -> list[str]:
 def test_shell_completion_of_commands_and_group_options():
     from ptcli.cli import complete_overrides
 
-    assert complete_overrides("model=") == ["model=convnet", "model=transformer"]
+    assert complete_overrides("model=") == ["model=convnet", "model=transformer", "model=vit"]
     assert complete_overrides("data=d") == ["data=digits"]
     assert "objective=" in complete_overrides("obj")
     assert "debug=smoke" in complete_overrides("debug=")
     assert "finetune" in _complete("ptcli fi", 1)
-    assert _complete("ptcli pretrain model=", 2) == ["model=convnet", "model=transformer"]
+    assert _complete("ptcli pretrain model=", 2) == ["model=convnet", "model=transformer", "model=vit"]
