@@ -69,11 +69,14 @@ def knn_classify(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
     k = min(k, train.shape[0])
     chunk = max(1, _KNN_BUDGET // train.shape[0])
     preds = []
-    for start in range(0, test.shape[0], chunk):
-        sim, idx = (test[start:start + chunk] @ train.t()).topk(k, dim=1)  # [b, k]
-        votes = torch.zeros(sim.shape[0], num_classes, device=sim.device)
-        votes.scatter_add_(1, labels[idx], (sim / temperature).exp())
-        preds.append(votes.argmax(1))
+    # float32 even inside a bf16/fp16 autocast region (a run's evaluation): low-precision similarities lose the
+    # neighbours' ranking, and scatter_add_ refuses to mix their dtype with the float32 votes.
+    with torch.autocast(test.device.type, enabled=False):
+        for start in range(0, test.shape[0], chunk):
+            sim, idx = (test[start:start + chunk] @ train.t()).topk(k, dim=1)  # [b, k]
+            votes = torch.zeros(sim.shape[0], num_classes, device=sim.device)
+            votes.scatter_add_(1, labels[idx], (sim / temperature).exp())
+            preds.append(votes.argmax(1))
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long, device=test.device)
 
 

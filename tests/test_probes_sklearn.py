@@ -134,3 +134,16 @@ def test_empty_split_scores_zero():
     r = classification_report(np.array([], dtype=int), np.array([], dtype=int), NAMES)
     assert r["accuracy"] == 0.0 and r["macro_f1"] == 0.0 and r["confusion"] == [[0] * 4] * 4
     assert confusion_matrix(np.array([1]), np.array([2]), 3).tolist() == [[0, 0, 0], [0, 0, 1], [0, 0, 0]]
+
+
+def test_knn_inside_a_bf16_autocast_region_matches_float32(digits):
+    # A bf16 run evaluates its kNN probe inside autocast: the similarities must stay float32 (it crashed in
+    # scatter_add_ on the mixed dtypes, and bf16 similarities would reorder the neighbours).
+    from ptcli.probes import knn_classify
+
+    xtr, ytr, xte, _ = digits
+    args = (xtr, ytr, xte, 10)
+    ref = knn_classify(*args)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = knn_classify(*args)
+    assert torch.equal(got, ref)
