@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import io
 import json
 import logging
@@ -31,12 +32,24 @@ if XDIST_WORKERS > 1:
 STRICT_EXTRAS = os.environ.get("CI") == "true"
 
 
+class _Deferred(ModuleType):
+    """A module imported at its first attribute access: collecting a test file does not pay for a heavy optional
+    library (transformers + peft: seconds per xdist worker) that only its tests use."""
+
+    def __getattr__(self, attr: str):
+        return getattr(importlib.import_module(self.__name__), attr)
+
+
 def require(module: str, reason: str = "an optional extra is not installed") -> ModuleType:
-    """``pytest.importorskip`` that fails instead of skipping under ``CI=true``."""
+    """``pytest.importorskip`` that fails instead of skipping under ``CI=true``. Presence is checked at once (the
+    module's spec), the import itself deferred to first use: an installed but broken library fails there."""
     try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        error = exc
+        found = importlib.util.find_spec(module) is not None
+        error: Exception = ModuleNotFoundError(f"No module named {module!r}")
+    except (ImportError, ValueError) as exc:  # a parent package that is missing or fails to import
+        found, error = False, exc
+    if found:
+        return sys.modules.get(module) or _Deferred(module)
     msg = f"{reason}: cannot import {module!r} ({error})"  # outside `except`: no chained traceback in the report
     if STRICT_EXTRAS:
         pytest.fail(f"{msg}. CI=true: scripts/setup.sh installs it, so this is a failure, not a skip.",

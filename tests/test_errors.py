@@ -154,6 +154,7 @@ class Broken(Callback):
 '''
 
 
+@pytest.mark.slow  # a real process
 def test_broken_plugin_is_an_internal_error_not_a_config_error(ptcli, tmp_path):
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "brokenplugin.py").write_text(BROKEN_PLUGIN)
@@ -206,6 +207,7 @@ def test_load_hint_says_offline_only_when_offline(monkeypatch):
     assert "offline" in load_hint(FileNotFoundError("no such dataset"), "it")
 
 
+@pytest.mark.slow  # a real process
 def test_hub_dataset_error_online_does_not_blame_the_network(ptcli, tmp_path):
     # A local path that is a directory without data: datasets fails the same way online and offline.
     (tmp_path / "empty").mkdir()

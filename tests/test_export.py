@@ -3,6 +3,7 @@ fine-tune run exports as an EsmForSequenceClassification with the same class log
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import require
 
@@ -82,6 +83,7 @@ def finetune_logits(run_dir, exported) -> tuple[torch.Tensor, tuple[torch.Tensor
         return model.eval()(inputs, mask), (hf_model(input_ids=inputs, attention_mask=mask).logits, hf_model)
 
 
+@pytest.mark.slow  # several training runs (seconds of CPU)
 def test_export_finetune_cls_run_matches_logits(ptcli, smoke_pretrain, tmp_path):
     ft = tmp_path / "ft"
     r = ptcli("finetune", f"pretrained={smoke_pretrain}", "pooling=cls", "debug=smoke", f"hydra.run.dir={ft}")

@@ -94,6 +94,7 @@ def _manifest(run: Path) -> dict:
     return json.loads((run / "run.json").read_text())
 
 
+@pytest.mark.slow  # several training runs (seconds of CPU)
 def test_a_users_model_and_objective_pretrain_finetune_and_evaluate(user_package, tmp_path, capsys, monkeypatch):
     conf, pre, fine = user_package, tmp_path / "pre", tmp_path / "fine"
     code = launch("pretrain", ["--config-dir", str(conf), "model=gru", "objective=span_mlm", "debug=smoke",

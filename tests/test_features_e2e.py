@@ -90,6 +90,7 @@ def test_max_epochs_runs_whole_epochs_of_micro_batches(epochs_run):
 FT = ["debug=smoke", "trainer.log_every=1", "trainer.eval_every=3", "trainer.max_steps=6"]
 
 
+@pytest.mark.slow  # several training runs (seconds of CPU)
 def test_grad_accum_matches_one_batch_of_the_same_size(ptcli, smoke_pretrain, tmp_path):
     """Classification loss is a mean over examples and the batches are a seeded permutation, so 2 micro-batches
     of 4 are the batch of 8: same losses, same weights up to float rounding (measured: 3e-8)."""
@@ -106,6 +107,7 @@ def test_grad_accum_matches_one_batch_of_the_same_size(ptcli, smoke_pretrain, tm
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
 
 
+@pytest.mark.slow  # several training runs (seconds of CPU)
 def test_patience_stops_early_at_the_first_plateau(ptcli, smoke_pretrain, tmp_path):
     run, patience, max_steps = tmp_path / "run", 1, 60
     r = ptcli("finetune", f"pretrained={smoke_pretrain}", "debug=smoke", f"trainer.max_steps={max_steps}",
@@ -125,6 +127,7 @@ def test_patience_stops_early_at_the_first_plateau(ptcli, smoke_pretrain, tmp_pa
     assert stop == m["step"] == evals[-1][0], evals
 
 
+@pytest.mark.slow  # several training runs (seconds of CPU)
 def test_freeze_encoder_trains_the_head_only(ptcli, smoke_pretrain, tmp_path):
     frozen, start = tmp_path / "frozen", tmp_path / "start"
     r = ptcli("finetune", f"pretrained={smoke_pretrain}", "freeze_encoder=true", *FT, f"hydra.run.dir={frozen}")
@@ -210,6 +213,7 @@ def test_streaming_from_a_local_hf_dataset(ptcli, tmp_path, layout):
 
 
 # ------------------------------------------------------------------------------------------- CI=true
+@pytest.mark.slow  # a real process
 def test_ci_turns_a_skip_for_a_missing_extra_into_a_failure(tmp_path):
     probe = tmp_path / "test_probe.py"
     probe.write_text("import pytest\nfrom conftest import require\n\n"

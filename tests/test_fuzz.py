@@ -28,6 +28,7 @@ def workspace(smoke_pretrain, tmp_path_factory) -> fuzz_cli.Workspace:
 @settings(max_examples=30, derandomize=True, database=None, deadline=None, phases=[Phase.explicit, Phase.generate],
           suppress_health_check=list(HealthCheck))
 @given(data=st.data())
+@pytest.mark.slow  # several training runs (seconds of CPU)
 def test_fuzzed_command_lines_hold_the_property(workspace, data):
     case = data.draw(fuzz_cli.cases(workspace))
     outcome = fuzz_cli.run_inprocess(case.argv)
@@ -36,6 +37,7 @@ def test_fuzzed_command_lines_hold_the_property(workspace, data):
 
 
 @pytest.mark.parametrize("case", ["config", "data", "runs"])
+@pytest.mark.slow  # a real process
 def test_in_process_matches_a_real_process(ptcli, workspace, tmp_path, case):
     """The fuzzer's in-process runner gives what the installed entry point gives."""
     if case == "config":

@@ -140,6 +140,7 @@ def _labeled_csv(path, n):
     return path
 
 
+@pytest.mark.slow  # several training runs (seconds of CPU)
 def test_headstart_end_to_end_then_rerun_skips_completed_jobs(ptcli, smoke_pretrain, tmp_path):
     pre = tmp_path / "pre"
     shutil.copytree(smoke_pretrain, pre)  # headstart.json is copied into it: not into the shared fixture

@@ -39,6 +39,7 @@ def assert_exports_as(ptcli, run, out, architecture: str) -> None:
     assert torch.allclose(ours, theirs[0], atol=1e-4), (ours - theirs[0]).abs().max()
 
 
+@pytest.mark.slow  # several training runs (seconds of CPU)
 def test_finetune_hf_checkpoint_and_evaluate(ptcli, tiny_bert, tmp_path):
     run = tmp_path / "ft"
     r = ptcli("finetune", f"pretrained=hf:{tiny_bert}", "data=pydocs", "debug=smoke", f"hydra.run.dir={run}")
@@ -76,6 +77,7 @@ def test_init_from_hf_starts_from_its_weights_and_head(ptcli, tiny_bert, tmp_pat
     assert "ptcli.models.hf.HFEncoder" in cfg and (run / "hf_model" / "config.json").is_file()
 
 
+@pytest.mark.slow  # several training runs (seconds of CPU)
 def test_init_from_hf_trains_resumes_finetunes_and_exports(ptcli, tiny_bert, tmp_path):
     pre = tmp_path / "dapt"
     r = ptcli("pretrain", f"init_from=hf:{tiny_bert}", "debug=smoke", "trainer.max_steps=10", f"hydra.run.dir={pre}")
@@ -122,6 +124,7 @@ def tiny_roberta(smoke_pretrain, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # several training runs (seconds of CPU)
 def test_roberta_checkpoint_finetunes_and_exports(ptcli, tiny_roberta, tmp_path):
     ft = tmp_path / "ft"
     r = ptcli("finetune", f"pretrained=hf:{tiny_roberta}", "pooling=cls", "data=pydocs", "debug=smoke",

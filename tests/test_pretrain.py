@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import TINY_TRANSFORMER, read_manifest, read_metrics, require
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
@@ -52,6 +53,7 @@ def test_other_seed_other_losses(ptcli, smoke_pretrain, tmp_path):
     assert first != other
 
 
+@pytest.mark.slow  # several training runs (seconds of CPU)
 def test_multirun_sweep(ptcli, tmp_path):
     sweep = tmp_path / "sweep"
     r = ptcli("pretrain", "-m", "debug=smoke", "model.dim=32,64", "model.heads=2", "model.layers=2",

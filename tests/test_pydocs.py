@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ptcli.data.pydocs import extract_docstrings, load_pydocs
 from ptcli.data.sources import Pydocs
 
 
+@pytest.mark.slow  # several training runs (seconds of CPU)
 def test_extraction_is_deterministic_with_disjoint_splits(cache_dir):
     a = extract_docstrings()
     # The cached corpus was extracted by whichever process asked first (under xdist usually another worker, with

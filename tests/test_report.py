@@ -19,6 +19,7 @@ def sweep(ptcli, smoke_pretrain, tmp_path_factory):
     return sweep_dir
 
 
+@pytest.mark.slow  # several training runs (seconds of CPU)
 def test_sweep_summary(sweep):
     summary = json.loads((sweep / "summary.json").read_text())
     assert summary["total"] == 4 and summary["failed"] == 0

@@ -105,6 +105,7 @@ def test_non_finite_loss_fails_with_step(ptcli, tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow  # several training runs (seconds of CPU)
 def test_sweep_with_a_failing_job_then_rerun_only_that_job(ptcli, tmp_path):
     words = "one two three four five six seven eight nine ten eleven twelve".split()
     text = "\n".join(" ".join(words[(i + j) % 12] for j in range(30)) for i in range(300)) + "\n"

@@ -135,6 +135,7 @@ def test_resume_refuses_a_subsample_that_does_not_fit_the_data(ptcli, smoke_pret
     assert "subsample.json" in r.stderr and "train_indices" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow  # several training runs (seconds of CPU)
 def test_resume_alone_continues_a_run_started_with_overrides(ptcli, tmp_path):
     run = tmp_path / "run"
     r = ptcli("pretrain", "debug=smoke", *TINY_TRANSFORMER, "model.dim=48", "trainer.max_steps=4",

@@ -104,6 +104,7 @@ def test_optuna_presets_direction_matches_the_monitored_metric(ptcli):
         assert "mode: MULTIRUN" in r.stdout
 
 
+@pytest.mark.slow  # a real process
 def test_config_error_with_a_launcher_is_a_usage_error(ptcli, tmp_path):
     r = ptcli("pretrain", "-m", "hydra/launcher=joblib", "model=nosuch", "seed=0,1",
               f"hydra.sweep.dir={tmp_path / 'sweep'}")
@@ -166,6 +167,7 @@ hydra:
 """
 
 
+@pytest.mark.slow  # several training runs (seconds of CPU)
 def test_optuna_records_failed_trials_as_failed_and_the_study_goes_on(ptcli, tmp_path):
     conf, sweep = tmp_path / "conf", tmp_path / "sweep"
     (conf / "hparams_search").mkdir(parents=True)

@@ -87,6 +87,7 @@ def _verb(verb: str, run: Path, out: Path, capsys) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("verb", ["evaluate", "finetune", "embed", "export"])
+@pytest.mark.slow  # several training runs (seconds of CPU)
 def test_tampered_config_is_refused_and_nothing_happens(verb, smoke_pretrain, victim, tmp_path, capsys,
                                                         monkeypatch):
     monkeypatch.setenv("PTCLI_TEST_SECRET", SECRET)
@@ -175,6 +176,7 @@ class TinyEncoder(TransformerEncoder):
 '''
 
 
+@pytest.mark.slow  # several training runs (seconds of CPU)
 def test_trusted_user_package(tmp_path, capsys, monkeypatch):
     """A user's component runs in their own run when they name its package; a run dir that names it loads
     only when the loading user trusts the package too (the run's own trusted_packages counts for nothing)."""
@@ -200,6 +202,7 @@ def test_trusted_user_package(tmp_path, capsys, monkeypatch):
     sys.modules.pop("mylab_ptcli_test", None)
 
 
+@pytest.mark.slow  # a real process
 def test_cli_exit_code_in_a_subprocess(ptcli, smoke_pretrain, tmp_path):
     """The same refusal through the real entry point: exit 2 and one error paragraph."""
     sentinel = tmp_path / "SENTINEL"

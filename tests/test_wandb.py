@@ -76,6 +76,7 @@ def of_kind(records: list, kind: str) -> list:
     return [getattr(rec, kind) for rec in records if rec.WhichOneof("record_type") == kind]
 
 
+@pytest.mark.slow  # several training runs (seconds of CPU)
 def test_wandb_offline_run_and_its_resume(ptcli, tmp_path):
     """Config, metric history, run directory and final metrics of a run, 2 steps then resumed to 4: the resumed
     process logs into the same W&B run (one test, not two: a module fixture would be built once per xdist worker)."""
