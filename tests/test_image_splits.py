@@ -140,6 +140,7 @@ def test_one_path_hold_out_is_unchanged(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- through the CLI
+@pytest.mark.slow  # several training runs (seconds of CPU)
 def test_cli_native_size_official_splits_and_finetune_evaluate(ptcli, tmp_path):
     """16x16 images without data.size train at 16 (config.yaml holds 16; run.json records the splits); a
     fine-tune of that run on other images without data.size resizes them to the encoder's 16; evaluate too."""

@@ -174,6 +174,7 @@ def pretrained(request, ptcli, tmp_path_factory):
     return request.param, run
 
 
+@pytest.mark.slow  # several training runs (seconds of CPU)
 def test_pretrain_finetune_evaluate(ptcli, pretrained, tmp_path):
     objective, run = pretrained
     m = read_manifest(run)
@@ -190,6 +191,7 @@ def test_pretrain_finetune_evaluate(ptcli, pretrained, tmp_path):
     assert {"test/knn_acc", "test/linear_acc"} <= set(json.loads(r.stdout))
 
 
+@pytest.mark.slow  # several training runs (seconds of CPU)
 def test_byol_resumed_from_a_mid_run_checkpoint_matches_the_uninterrupted_run(ptcli, tmp_path, monkeypatch):
     """The run keeps a snapshot of every step (trainer.keep_last); the resumed run starts from the step-3
     snapshot, which is what SIGTERM at step 3 writes (the same save of checkpoints/last)."""

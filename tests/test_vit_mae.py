@@ -167,6 +167,7 @@ def test_mae_with_a_convnet_is_a_usage_error(ptcli, tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- end to end
 @pytest.mark.parametrize("objective", ["simclr", "mae"])
+@pytest.mark.slow  # several training runs (seconds of CPU)
 def test_vit_pretrain_finetune_evaluate_embed_report(ptcli, objective, tmp_path):
     run = tmp_path / "runs" / "pretrain"
     r = ptcli("pretrain", *TINY_ARGS, *OBJECTIVE_ARGS[objective], "trainer.max_steps=4", "trainer.eval_every=2",
@@ -193,6 +194,7 @@ def test_vit_pretrain_finetune_evaluate_embed_report(ptcli, objective, tmp_path)
     assert r.code == 0, r
 
 
+@pytest.mark.slow  # several training runs (seconds of CPU)
 def test_mae_resumed_from_a_mid_run_checkpoint_matches_the_uninterrupted_run(ptcli, tmp_path):
     args = ["pretrain", *TINY_ARGS, *OBJECTIVE_ARGS["mae"], "trainer.max_steps=6", "trainer.eval_every=3",
             "seed=1", "trainer.checkpoint_every=1", "trainer.keep_last=8"]
