@@ -226,6 +226,9 @@ class Trainer:
         self.rank, self.world = dist.rank_world()
         # Test hook: slow each step down so tests can signal or kill a run mid-way.
         self._step_delay = float(os.environ.get("PTCLI_STEP_DELAY", "0") or 0)
+        # Test hook: SIGTERM to this process right after this step, so a test interrupts at an exact step without
+        # racing a separate process (the signal takes the same path as one from outside).
+        self._sigterm_at = int(os.environ.get("PTCLI_SIGTERM_AT_STEP", "0") or 0)
         self.step = 0
         # Train loss accumulated since the last log line; checkpointed so a resume logs the same numbers.
         self.loss_acc = torch.zeros((), device=device)
@@ -367,6 +370,8 @@ class Trainer:
                         self.run.manifest["first_step_s"] = round(time.time() - PROCESS_START, 3)
                     if self._step_delay:
                         time.sleep(self._step_delay)
+                    if self.step == self._sigterm_at:
+                        os.kill(os.getpid(), signal.SIGTERM)
                     if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                         now = time.perf_counter()
                         loss = dist.all_reduce_sum(self.loss_acc).item() / self.n_acc

@@ -4,16 +4,11 @@ fine-tune and SimCLR runs resume bitwise like MLM's. Stored overrides are untrus
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import OFFLINE, TINY_TRANSFORMER, read_manifest, read_metrics
+from conftest import TINY_TRANSFORMER, read_manifest, read_metrics
 from safetensors.torch import load_file
 
 # SIGTERM lands between steps; log every step so the wait below sees each one.
@@ -35,23 +30,14 @@ def _train_losses(run: Path) -> list[tuple[int, float]]:
     return [(e["step"], e["loss"]) for e in read_metrics(run) if e["split"] == "train"]
 
 
-def _interrupt(cache_dir: Path, args: list[str], run: Path, at_step: int) -> int:
-    """Start ``ptcli ARGS hydra.run.dir=RUN``, SIGTERM it once it has logged ``at_step``; return the step it
-    stopped at (checkpointed)."""
-    env = {**os.environ, **OFFLINE, "PTCLI_CACHE": str(cache_dir / "ptcli"), "HF_DATASETS_CACHE": str(cache_dir / "hf"),
-           "PTCLI_STEP_DELAY": "0.2"}
-    proc = subprocess.Popen([sys.executable, "-m", "ptcli", *args, f"hydra.run.dir={run}"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 180
-    while not ((run / "metrics.jsonl").is_file() and any(e["step"] >= at_step for e in read_metrics(run))):
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() < deadline, "the run did not reach the step in time"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
+def _interrupt(ptcli, args: list[str], run: Path, at_step: int) -> int:
+    """``ptcli ARGS hydra.run.dir=RUN``, sent SIGTERM right after step ``at_step`` (``PTCLI_SIGTERM_AT_STEP``: the
+    run signals itself, through the same handler as a signal from outside; tests/test_resume.py signals real
+    processes); the step it stopped at (checkpointed)."""
+    r = ptcli(*args, f"hydra.run.dir={run}", env={"PTCLI_SIGTERM_AT_STEP": str(at_step)})
+    assert r.code == 143, r
     manifest = read_manifest(run)
-    assert manifest["status"] == "interrupted", manifest
+    assert manifest["status"] == "interrupted" and manifest["step"] == at_step, manifest
     return manifest["step"]
 
 
@@ -63,14 +49,14 @@ def _resume_alone(ptcli, command: str, run: Path):
     return r, manifest
 
 
-@pytest.mark.slow  # SIGTERM to a real process
-def test_finetune_resumed_with_resume_alone_is_bitwise_exact(ptcli, smoke_pretrain, cache_dir, tmp_path):
+@pytest.mark.slow  # several training runs (seconds of CPU)
+def test_finetune_resumed_with_resume_alone_is_bitwise_exact(ptcli, smoke_pretrain, tmp_path):
     args = ["finetune", "debug=smoke", f"pretrained={smoke_pretrain}", "data.labels_per_class=8", "seed=3",
             "trainer.max_steps=12", "trainer.eval_every=4", "trainer.patience=2", *EVERY_STEP]
     full, cut = tmp_path / "full", tmp_path / "cut"
     r = ptcli(*args, f"hydra.run.dir={full}")
     assert r.code == 0, r
-    stopped = _interrupt(cache_dir, args, cut, at_step=5)
+    stopped = _interrupt(ptcli, args, cut, at_step=5)
     assert 5 <= stopped < 12
     fitted = {name: (cut / name).read_bytes() for name in ("labels.json", "subsample.json")}
     r, manifest = _resume_alone(ptcli, "finetune", cut)
@@ -82,15 +68,15 @@ def test_finetune_resumed_with_resume_alone_is_bitwise_exact(ptcli, smoke_pretra
     assert {name: (cut / name).read_bytes() for name in fitted} == fitted
 
 
-@pytest.mark.slow  # SIGTERM to a real process
-def test_simclr_resumed_with_resume_alone_is_bitwise_exact(ptcli, cache_dir, tmp_path):
+@pytest.mark.slow  # several training runs (seconds of CPU)
+def test_simclr_resumed_with_resume_alone_is_bitwise_exact(ptcli, tmp_path):
     args = ["pretrain", "model=convnet", "objective=simclr", "data=digits", "debug=smoke", "model.width=8",
             "model.stages=2", "objective.proj_dim=16", "objective.proj_hidden=32", "trainer.batch_size=32",
             "trainer.max_steps=10", "trainer.eval_every=5", "seed=2", *EVERY_STEP]
     full, cut = tmp_path / "full", tmp_path / "cut"
     r = ptcli(*args, f"hydra.run.dir={full}")
     assert r.code == 0, r
-    stopped = _interrupt(cache_dir, args, cut, at_step=3)
+    stopped = _interrupt(ptcli, args, cut, at_step=3)
     assert 3 <= stopped < 10
     _, manifest = _resume_alone(ptcli, "pretrain", cut)
     assert manifest["step"] == 10 and "objective=simclr" in manifest["overrides"]
@@ -100,14 +86,14 @@ def test_simclr_resumed_with_resume_alone_is_bitwise_exact(ptcli, cache_dir, tmp
     assert {k: v for k, v in full_metrics.items() if "init" not in k} == manifest["metrics"]
 
 
-@pytest.mark.slow  # SIGTERM to a real process
-def test_resumed_finetune_keeps_its_labels_and_subsample(ptcli, smoke_pretrain, cache_dir, tmp_path):
+@pytest.mark.slow  # several training runs (seconds of CPU)
+def test_resumed_finetune_keeps_its_labels_and_subsample(ptcli, smoke_pretrain, tmp_path):
     """Tampered files prove it: the resumed run trains on the stored subsample and label order, and leaves both
     files as they are instead of fitting them again."""
     args = ["finetune", "debug=smoke", f"pretrained={smoke_pretrain}", "data.labels_per_class=8", "seed=5",
             "trainer.max_steps=10", "trainer.eval_every=5", *EVERY_STEP]
     run = tmp_path / "run"
-    _interrupt(cache_dir, args, run, at_step=2)
+    _interrupt(ptcli, args, run, at_step=2)
     labels = json.loads((run / "labels.json").read_text())
     subsample = json.loads((run / "subsample.json").read_text())
     first = read_manifest(run)["data"]["train_examples"]
@@ -122,12 +108,12 @@ def test_resumed_finetune_keeps_its_labels_and_subsample(ptcli, smoke_pretrain, 
     assert list(report["per_class"]) == labels["names"][::-1]  # scored with the stored label order
 
 
-@pytest.mark.slow  # SIGTERM to a real process
-def test_resume_refuses_a_subsample_that_does_not_fit_the_data(ptcli, smoke_pretrain, cache_dir, tmp_path):
+@pytest.mark.slow  # several training runs (seconds of CPU)
+def test_resume_refuses_a_subsample_that_does_not_fit_the_data(ptcli, smoke_pretrain, tmp_path):
     args = ["finetune", "debug=smoke", f"pretrained={smoke_pretrain}", "data.labels_per_class=8",
             "trainer.max_steps=10", *EVERY_STEP]
     run = tmp_path / "run"
-    _interrupt(cache_dir, args, run, at_step=2)
+    _interrupt(ptcli, args, run, at_step=2)
     subsample = json.loads((run / "subsample.json").read_text())
     (run / "subsample.json").write_text(json.dumps({**subsample, "train_indices": [10**9]}))
     r = ptcli("finetune", f"resume={run}")
