@@ -14,10 +14,20 @@ from ptcli.objectives.mlm import MaskedLM, word_start_table
 from ptcli.tokenizer import special_ids
 
 
-def build_mlm(cfg: Any, tok: Any, weights_from: str | None = None) -> MaskedLM:
-    """Encoder (``cfg.model``) + MLM objective (``cfg.objective``) for tokenizer ``tok``. An encoder class that
-    brings its own pre-trained MLM head (``with_mlm_head``: a transformers checkpoint) keeps it; ``weights_from``
-    loads that checkpoint instead of ``model.path`` (the first start of ``init_from=hf:``)."""
+def build_text_objective(cfg: Any, tok: Any, weights_from: str | None = None) -> Any:
+    """Encoder (``cfg.model``) + text pre-training objective (``cfg.objective``) for tokenizer ``tok``: any
+    objective class that declares ``modality = "text"`` (MLM, ELECTRA, a trusted package's ``MaskedLM``). It gets
+    what it declares in ``needs`` (default: MaskedLM's) of ``special_ids``, ``mask_id``, ``word_start``, ``head``,
+    ``pad_id``; the recipe uses its ``mask(blocks, generator)`` (the arguments of its ``forward``) and the
+    ``ratios`` of its eval-mode output (``ptcli.objectives.mlm.evaluate_mlm``). An encoder class that brings its
+    own pre-trained MLM head (``with_mlm_head``: a transformers checkpoint) keeps it; ``weights_from`` loads that
+    checkpoint instead of ``model.path`` (the first start of ``init_from=hf:``)."""
+    objective_cls = component_class(cfg.objective, "objective")
+    declared = getattr(objective_cls, "modality", None)
+    if declared != "text" or not callable(getattr(objective_cls, "mask", None)):
+        raise UsageError(f"objective={cfg.objective._target_} declares modality={declared!r}; text pre-training "
+                         "takes an objective that declares modality = 'text' and offers mask() (objective=mlm, "
+                         "electra; README: Extending ptcli).")
     ids = special_ids(tok)
     head = None
     encoder_cls = component_class(cfg.model, "model")
@@ -28,14 +38,18 @@ def build_mlm(cfg: Any, tok: Any, weights_from: str | None = None) -> MaskedLM:
         encoder, head = encoder_cls.with_mlm_head(**kwargs)
     else:
         encoder = instantiate(cfg.model, "model", vocab_size=tok.get_vocab_size())
-    objective = instantiate(
-        cfg.objective, "objective", encoder=encoder, mask_id=ids["mask"], head=head,
-        special_ids=[i for i in ids.values() if i is not None], word_start=word_start_table(tok),
-    )
-    if not isinstance(objective, MaskedLM):
-        raise UsageError(f"objective={cfg.objective._target_} is not masked language modeling; text pre-training "
-                         "runs objective=mlm.")
+    available = {"mask_id": ids["mask"], "head": head, "special_ids": [i for i in ids.values() if i is not None],
+                 "word_start": word_start_table(tok), "pad_id": ids["pad"]}
+    needs = getattr(objective_cls, "needs", MaskedLM.needs)
+    objective = instantiate(cfg.objective, "objective", encoder=encoder,
+                            **{k: v for k, v in available.items() if k in needs})
+    if getattr(objective, "encoder", None) is not encoder:
+        raise UsageError(f"objective={cfg.objective._target_} does not keep the encoder it is given as .encoder, "
+                         "which downstream commands use (README: Extending ptcli).")
     return objective
+
+
+build_mlm = build_text_objective  # the older name
 
 
 def build_image_objective(cfg: Any) -> Any:

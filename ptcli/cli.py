@@ -22,7 +22,7 @@ HYDRA_HELP = """
 [cyan]key=a,b[/cyan] or [cyan]key=range(1,4)[/cyan] with [cyan]-m[/cyan] (sweep).
 
 [bold]Config groups[/bold]: model (transformer, convnet, vit),
-objective (mlm, simclr, byol, vicreg, barlow_twins, mae),
+objective (mlm, electra, simclr, byol, vicreg, barlow_twins, mae),
 data (pydocs, text, hf, digits, images),
 trainer (default, finetune), optim (adamw), schedule (cosine, linear, constant), debug (smoke),
 experiment (presets: ptcli configs list; yours via --config-dir).

@@ -32,6 +32,7 @@ from ptcli.models.transformer import TransformerConfig
 from ptcli.models.vit import ViTConfig
 from ptcli.objectives.barlow_twins import BarlowTwinsConfig
 from ptcli.objectives.byol import BYOLConfig
+from ptcli.objectives.electra import ElectraConfig
 from ptcli.objectives.mae import MAEConfig
 from ptcli.objectives.mlm import MLMConfig
 from ptcli.objectives.simclr import SimCLRConfig
@@ -42,7 +43,8 @@ from ptcli.trainer import TrainerConfig
 
 __all__ = [
     "RunConfig", "SCHEMAS", "PLAIN_SECTIONS", "LEGACY_KEYS", "component_schemas", "register", "AdamWConfig",
-    "BarlowTwinsConfig", "BYOLConfig", "ConvNetConfig", "DataSourceConfig", "DigitsConfig", "FinetuneConfig",
+    "BarlowTwinsConfig", "BYOLConfig", "ConvNetConfig", "DataSourceConfig", "DigitsConfig", "ElectraConfig",
+    "FinetuneConfig",
     "HFEncoderConfig", "HubDatasetConfig", "ImageFilesConfig", "LoraConfig", "MAEConfig", "MLMConfig", "PydocsConfig",
     "ScheduleConfig", "SimCLRConfig", "TextFilesConfig", "TokenizerConfig", "TrainerConfig", "TransformerConfig",
     "VICRegConfig", "ViTConfig",
@@ -96,7 +98,7 @@ class RunConfig:
 # would let ``ptcli.rundir.Path`` through), and validates loaded sections against these schemas.
 SCHEMAS: dict[str, list[type]] = {
     "model": [TransformerConfig, ConvNetConfig, ViTConfig, HFEncoderConfig],
-    "objective": [MLMConfig, SimCLRConfig, BYOLConfig, VICRegConfig, BarlowTwinsConfig, MAEConfig],
+    "objective": [MLMConfig, ElectraConfig, SimCLRConfig, BYOLConfig, VICRegConfig, BarlowTwinsConfig, MAEConfig],
     "data": list(SOURCE_SCHEMAS.values()),
     "optim": [AdamWConfig],
     "schedule": [ScheduleConfig],
@@ -112,8 +114,8 @@ LEGACY_KEYS: dict[str, frozenset[str]] = {"data": LEGACY_FLAT_KEYS}
 # objective, data, optim and schedule groups; trainer's schema is plain.
 _STORE: dict[str, dict[str, type]] = {
     "model": {"transformer": TransformerConfig, "convnet": ConvNetConfig, "vit": ViTConfig},
-    "objective": {"mlm": MLMConfig, "simclr": SimCLRConfig, "byol": BYOLConfig, "vicreg": VICRegConfig,
-                  "barlow_twins": BarlowTwinsConfig, "mae": MAEConfig},
+    "objective": {"mlm": MLMConfig, "electra": ElectraConfig, "simclr": SimCLRConfig, "byol": BYOLConfig,
+                  "vicreg": VICRegConfig, "barlow_twins": BarlowTwinsConfig, "mae": MAEConfig},
     "data": dict(SOURCE_SCHEMAS),
     "optim": {"adamw": AdamWConfig},
     "schedule": {"schedule": ScheduleConfig},

@@ -104,6 +104,12 @@ def export_hf(run_dir: Path, out: Path, force: bool = False) -> Path:
         kind = getattr(model_cls, "modality", "")
         raise UsageError(f"{run.path}: export --format hf takes a text pretrain (MLM) or fine-tune run; this is "
                          f"{'an image' if kind == 'image' else 'a'} {command} run.")
+    if command == "pretrain" and cfg.get("objective") is not None and \
+            getattr(component_class(cfg.objective, "objective"), "hf_export", "mlm") is None:
+        raise UsageError(f"{run.path}: export --format hf writes a pretrain run as a *ForMaskedLM, and objective="
+                         f"{cfg.objective._target_} trains no masked-LM head on the encoder it keeps (ELECTRA's is a "
+                         "replaced-token detector). Fine-tune it (finetune pretrained=RUN pooling=cls) and export "
+                         "that run, or use ptcli embed for its embeddings.")
     if command == "finetune" and cfg.get("pooling", "mean") != "cls":
         raise UsageError(f"{run.path}: this fine-tune run mean-pools its tokens, which no transformers "
                          "*ForSequenceClassification computes. Fine-tune with pooling=cls to export it, or export "

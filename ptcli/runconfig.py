@@ -87,7 +87,7 @@ def _pretrain(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> None:
         raise UsageError("pretrained= is a finetune option; to continue a pretrain run use resume=RUN_DIR.")
     kind = run_modality(cfg)
     if kind == "text" and cfg.objective is None:
-        raise UsageError("ptcli pretrain on text needs objective=mlm.")
+        raise UsageError("ptcli pretrain on text needs an objective: objective=mlm or objective=electra.")
     if cfg.init_from:
         spec = str(cfg.init_from)
         if not spec.startswith("hf:"):

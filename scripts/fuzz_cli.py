@@ -126,7 +126,7 @@ def override(draw: st.DrawFn, keys: dict[str, str]) -> str:
                                      "ü=1", "=1", "model..dim=3", "trainer.max_steps", "-x", "--nope"]))
     if choice == 7:  # group options: real, unknown, empty, unicode
         group = draw(st.sampled_from(["model", "objective", "data", "trainer", "optim", "schedule", "debug"]))
-        option = draw(st.sampled_from(["transformer", "convnet", "vit", "mlm", "simclr", "byol", "vicreg",
+        option = draw(st.sampled_from(["transformer", "convnet", "vit", "mlm", "electra", "simclr", "byol", "vicreg",
                                        "barlow_twins", "mae", "text", "images", "hf", "digits",
                                        "pydocs", "default", "finetune", "linear", "constant", "smoke", "", "nope",
                                        "ünï", "../pretrain", "null"]))

@@ -80,6 +80,9 @@ class MaskedLM(nn.Module):
     modality = "text"
     produces = "token_logits"  # what the pre-training head outputs; evaluation: masked-token loss, mlm_acc, ppl
     probes: tuple[str, ...] = ()  # its encoder is judged by evaluate_mlm, not by frozen-feature probes
+    # What the text pre-training builder passes besides the encoder and the objective's own options
+    # (ptcli.builders.build_text_objective; also "pad_id").
+    needs: tuple[str, ...] = ("special_ids", "mask_id", "word_start", "head")
 
     def __init__(self, encoder: nn.Module, special_ids: list[int], mask_id: int, word_start: torch.Tensor | None = None,
                  mask_rate: float = MLMConfig.mask_rate, mask_token_share: float = MLMConfig.mask_token_share,
@@ -133,7 +136,12 @@ class MaskedLM(nn.Module):
         out = {"loss": loss_sum / max(n, 1), "loss_sum": loss_sum, "count": n}
         if not self.training:  # accuracy is an evaluation metric; training skips the argmax
             out["correct"] = (logits.argmax(-1) == target).sum()
+            out["ratios"] = {"loss": (loss_sum, n), "mlm_acc": (out["correct"], n)}  # summed over batches
         return out
+
+    def summarize(self, metrics: dict[str, float]) -> dict[str, float]:
+        """The evaluation's ratios (``loss``, ``mlm_acc``) -> its metrics, with the masked tokens' perplexity."""
+        return {**metrics, "ppl": math.exp(min(metrics["loss"], 50.0))}
 
 
 def word_start_table(tok) -> torch.Tensor | None:
@@ -149,19 +157,26 @@ def word_start_table(tok) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def evaluate_mlm(model: MaskedLM, blocks: torch.Tensor, batch_size: int, device: torch.device,
+def evaluate_mlm(model: nn.Module, blocks: torch.Tensor, batch_size: int, device: torch.device,
                  max_batches: int | None = None) -> dict[str, float]:
-    """Masked-token loss, accuracy and perplexity over ``blocks`` with fixed (seeded) masks."""
+    """A text objective's evaluation over ``blocks`` with fixed (seeded) masks: MLM's masked-token loss, accuracy
+    and perplexity, or whatever another objective reports. The objective's ``mask(blocks, generator)`` gives the
+    arguments of its ``forward``, whose output in eval mode holds ``ratios`` ``{metric: (numerator, denominator)}``
+    (summed over batches, then divided); its ``summarize(metrics)``, when it has one, adds derived metrics."""
     gen = torch.Generator(device="cpu").manual_seed(EVAL_SEED)
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    correct, count = 0, 0
+    sums: dict[str, list] = {}
     for i, start in enumerate(range(0, len(blocks), batch_size)):
         if max_batches is not None and i >= max_batches:
             break
-        inputs, labels = model.mask(blocks[start : start + batch_size], generator=gen)
-        out = model(inputs.to(device), labels.to(device))
-        loss_sum += out["loss_sum"].double().cpu()
-        correct += int(out["correct"])
-        count += int(out["count"])
-    loss = float(loss_sum) / max(count, 1)
-    return {"loss": loss, "mlm_acc": correct / max(count, 1), "ppl": math.exp(min(loss, 50.0))}
+        batch = model.mask(blocks[start : start + batch_size], generator=gen)
+        out = model(*(t.to(device) for t in batch))
+        ratios = out.get("ratios")
+        if ratios is None:  # a MaskedLM subclass's own forward() with the older output: loss_sum, correct, count
+            ratios = {"loss": (out["loss_sum"], out["count"]), "mlm_acc": (out["correct"], out["count"])}
+        for name, (num, den) in ratios.items():
+            acc = sums.setdefault(name, [torch.zeros((), dtype=torch.float64), 0])
+            acc[0] += torch.as_tensor(num).double().cpu()
+            acc[1] += int(den)
+    metrics = {name: float(num) / max(den, 1) for name, (num, den) in sums.items()}
+    summarize = getattr(model, "summarize", None)
+    return summarize(metrics) if summarize is not None else metrics

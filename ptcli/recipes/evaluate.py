@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 from ptcli.build import instantiate
-from ptcli.builders import build_classifier, build_mlm
+from ptcli.builders import build_classifier, build_text_objective
 from ptcli.checkpoint import load_into, trained_checkpoint
 from ptcli.data.labels import LabelMap
 from ptcli.data.text import pack_blocks, tokenize_texts
@@ -29,7 +29,7 @@ def evaluate(cfg: DictConfig, run: RunDir) -> dict[str, float]:
     seed_everything(cfg.seed)
     device = pick_device(cfg.trainer.device)
     target, target_cfg, data_cfg = evaluated_run(cfg, run)
-    if target.manifest.get("command") == "pretrain":  # (build_mlm refuses an objective other than MLM)
+    if target.manifest.get("command") == "pretrain":  # (any text objective: its own metrics)
         metrics, details = _evaluate_mlm(target, target_cfg, data_cfg, device, cfg.seed)
     else:
         metrics, details = _evaluate_classifier(target, target_cfg, data_cfg, device, cfg.seed)
@@ -38,7 +38,7 @@ def evaluate(cfg: DictConfig, run: RunDir) -> dict[str, float]:
 
 def _evaluate_mlm(target: RunDir, tcfg: DictConfig, data_cfg: DictConfig, device: torch.device, seed: int):
     tok = load_tokenizer(target.tokenizer_dir)
-    model = build_mlm(tcfg, tok)
+    model = build_text_objective(tcfg, tok)
     ckpt = trained_checkpoint(target)
     load_into(model, ckpt)
     model.to(device).eval()

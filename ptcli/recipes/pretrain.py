@@ -1,4 +1,4 @@
-"""Recipe: pre-train a text encoder with masked language modeling.
+"""Recipe: pre-train a text encoder with a text objective (masked language modeling, ELECTRA).
 
 config -> data source -> tokenizer -> packed blocks -> encoder + objective -> optimizer/schedule ->
 trainer -> run directory. Reads top to bottom.
@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from ptcli import distributed as dist
 from ptcli.build import instantiate
-from ptcli.builders import build_mlm
+from ptcli.builders import build_text_objective
 from ptcli.checkpoint import resume_checkpoint
 from ptcli.data.text import BlockBatches, pack_blocks
 from ptcli.objectives.mlm import evaluate_mlm
@@ -59,7 +59,7 @@ def pretrain(cfg: DictConfig, run: RunDir) -> dict[str, float]:
 
     # Model, objective, optimizer
     # init_from=hf: starts from the checkpoint's weights; resumes from ptcli's (the model in config.yaml).
-    model = build_mlm(cfg, tok, weights_from=cfg.model.source if cfg.init_from and not cfg.resume else None)
+    model = build_text_objective(cfg, tok, weights_from=cfg.model.source if cfg.init_from and not cfg.resume else None)
     model.to(device)
     net = dist.parallelize(model, cfg.trainer.strategy, device, cfg.trainer.compile)
     optimizer = instantiate(cfg.optim, "optim", model=model)
@@ -69,16 +69,17 @@ def pretrain(cfg: DictConfig, run: RunDir) -> dict[str, float]:
                      "val_blocks": len(val_blocks),
                      "vocab_size": tok.get_vocab_size(), "parameters": sum(p.numel() for p in model.parameters())})
 
-    # Train: masks are redrawn every batch from a dedicated, checkpointed generator.
+    # Train: masks (and whatever else the objective draws: ELECTRA's sampling uniforms) are redrawn every batch
+    # from a dedicated, checkpointed generator. model.mask gives the arguments of the objective's forward.
     mask_gen = torch.Generator().manual_seed(cfg.seed + 1)
 
     def step_fn(block: torch.Tensor) -> dict[str, torch.Tensor]:
-        inputs, labels = model.mask(block, generator=mask_gen)  # on the global batch, as one process would
+        args = model.mask(block, generator=mask_gen)  # on the global batch, as one process would
         if not getattr(batches, "per_rank", False):
-            inputs, labels = dist.shard_rows((inputs, labels))
-        return net(dist.to_device(inputs, device), dist.to_device(labels, device))
+            args = dist.shard_rows(tuple(args))
+        return net(*(dist.to_device(t, device) for t in args))
 
-    def eval_fn() -> dict[str, float]:
+    def eval_fn() -> dict[str, float]:  # the metrics the objective's eval-mode forward reports (its "ratios")
         return evaluate_mlm(model, val_blocks, cfg.trainer.batch_size, device, cfg.trainer.eval_batches)
 
     trainer = Trainer(model, optimizer, scheduler, run, cfg.trainer, device, total, BestTracker("val/loss", "min"),
