@@ -418,6 +418,8 @@ def _pretrained_run(path: str) -> tuple[Any, dict] | str:
 
 
 METRIC_NOTES = {"mlm_acc": "masked-token accuracy", "ppl": "perplexity of the masked tokens",
+                "gen_mlm_acc": "ELECTRA generator's masked-token accuracy",
+                "disc_acc": "ELECTRA discriminator's replaced-token detection accuracy",
                 "accuracy": "accuracy", "macro_f1": "macro-averaged F1", "loss": "cross-entropy loss"}
 
 
