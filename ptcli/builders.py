@@ -49,8 +49,6 @@ def build_text_objective(cfg: Any, tok: Any, weights_from: str | None = None) ->
     return objective
 
 
-build_mlm = build_text_objective  # the older name
-
 
 def build_image_objective(cfg: Any) -> Any:
     """Image encoder (``cfg.model``) + image pre-training objective (``cfg.objective``): any objective class that

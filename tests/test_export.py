@@ -17,14 +17,14 @@ def mlm_logits(run_dir, exported) -> tuple[torch.Tensor, torch.Tensor, object]:
     """MLM logits of ptcli's best checkpoint and of the exported model at the real (unpadded) positions of a
     padded batch, encoded by the exported tokenizer (which must give ptcli's token ids), and the HF model."""
     from ptcli.build import run_config
-    from ptcli.builders import build_mlm
+    from ptcli.builders import build_text_objective
     from ptcli.checkpoint import load_into
     from ptcli.rundir import RunDir
     from ptcli.tokenizer import load_tokenizer
 
     run = RunDir.load(run_dir)
     tok = load_tokenizer(run.tokenizer_dir)
-    model = build_mlm(run_config(run), tok)
+    model = build_text_objective(run_config(run), tok)
     load_into(model, run.checkpoints / "best")
     model.eval()
     hf_model = transformers.AutoModelForMaskedLM.from_pretrained(exported).eval()
