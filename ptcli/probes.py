@@ -126,22 +126,12 @@ def features(encoder: torch.nn.Module, x: torch.Tensor, device: torch.device, ba
     return out
 
 
-def knn_accuracy(encoder: torch.nn.Module, train: tuple, test: tuple, num_classes: int,
-                 device: torch.device) -> float:
-    """Accuracy of the kNN probe (``PROTOCOLS["knn"]``) on ``test = (x, y)``, neighbours from ``train``."""
-    p = PROTOCOLS["knn"]
-    pred = knn_classify(features(encoder, train[0], device), train[1], features(encoder, test[0], device),
-                        num_classes, k=p["k"], temperature=p["temperature"])
+def probe_accuracy(probe: str, encoder: torch.nn.Module, train: tuple, test: tuple, num_classes: int,
+                   device: torch.device) -> float:
+    """Accuracy on ``test = (x, y)`` of the frozen-feature ``probe`` (``"knn"``: neighbours from ``train``;
+    ``"linear"``: fit on ``train``), with its protocol's settings (``PROTOCOLS[probe]``)."""
+    p = PROTOCOLS[probe]
+    fit, settings = {"knn": (knn_classify, ("k", "temperature")), "linear": (linear_probe, ("C", "max_iter"))}[probe]
+    pred = fit(features(encoder, train[0], device), train[1], features(encoder, test[0], device), num_classes,
+               **{key: p[key] for key in settings})
     return float((pred == test[1]).float().mean())
-
-
-def linear_probe_accuracy(encoder: torch.nn.Module, train: tuple, test: tuple, num_classes: int,
-                          device: torch.device) -> float:
-    """Accuracy of the linear probe (``PROTOCOLS["linear"]``) fit on ``train``, on ``test``."""
-    p = PROTOCOLS["linear"]
-    pred = linear_probe(features(encoder, train[0], device), train[1], features(encoder, test[0], device),
-                        num_classes, C=p["C"], max_iter=p["max_iter"])
-    return float((pred == test[1]).float().mean())
-
-
-PROBES = {"knn": knn_accuracy, "linear": linear_probe_accuracy}  # what an objective's ``probes`` may name

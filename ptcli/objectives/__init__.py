@@ -1,16 +1,28 @@
 """Pre-training objectives: one module each (``objective=<name>``), the schema of its defaults beside the class.
 
-What several image objectives share lives here: the MLP heads (projector, expander, predictor) and the check of
-their sizes.
+What several image objectives share lives here: the two augmented views of a batch, the MLP heads (projector,
+expander, predictor) and the checks of their options.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from ptcli.errors import UsageError
+
+
+def two_views(augment: Any, images: torch.Tensor, generator: torch.Generator | None, method: str,
+              why: str) -> torch.Tensor:
+    """Two augmented views of ``images [B, ...]`` stacked as ``[2B, ...]`` (view 1, then view 2): one encoder pass
+    over both lets BatchNorm see both and halves the kernel launches. Augmentation is data preparation, outside
+    the graph. ``method``/``why``: the error for a batch of one (``why``: what needs the other images)."""
+    if images.shape[0] < 2:
+        raise ValueError(f"{method} needs at least 2 images per batch ({why})")
+    with torch.no_grad():
+        return torch.cat([augment(images, generator), augment(images, generator)])
 
 
 def check_sizes(**sizes: Any) -> None:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ptcli.augment import DEFAULT_SMALL_IMAGE_OPS, Augment
-from ptcli.objectives import check_number, check_sizes, mlp
+from ptcli.objectives import check_number, check_sizes, mlp, two_views
 
 
 @dataclass
@@ -81,11 +81,6 @@ class BarlowTwins(nn.Module):
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict:
         """``images [B, C, H, W]`` float in [0, 1] -> ``{"loss": scalar, "count": B}``."""
-        if images.shape[0] < 2:
-            raise ValueError("Barlow Twins needs at least 2 images per batch (its correlations are over the batch)")
-        with torch.no_grad():  # augmentations are data preparation, not part of the graph
-            v1 = self.augment(images, generator)
-            v2 = self.augment(images, generator)
-        # One encoder pass over both views: BatchNorm sees both, and it halves the kernel launches.
-        z1, z2 = self.projector(self.encoder(torch.cat([v1, v2]))).float().chunk(2)  # float32 statistics
+        views = two_views(self.augment, images, generator, "Barlow Twins", "its correlations are over the batch")
+        z1, z2 = self.projector(self.encoder(views)).float().chunk(2)  # float32 statistics
         return {"loss": barlow_twins_loss(z1, z2, self.lambd), "count": int(images.shape[0])}

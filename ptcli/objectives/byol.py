@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ptcli.augment import DEFAULT_SMALL_IMAGE_OPS, Augment
-from ptcli.objectives import check_number, check_sizes, mlp
+from ptcli.objectives import check_number, check_sizes, mlp, two_views
 
 
 @dataclass
@@ -96,13 +96,7 @@ class BYOL(nn.Module):
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict:
         """``images [B, C, H, W]`` float in [0, 1] -> ``{"loss": scalar, "count": B}``."""
-        if images.shape[0] < 2:
-            raise ValueError("BYOL needs at least 2 images per batch (its heads have BatchNorm)")
-        with torch.no_grad():  # augmentations are data preparation, not part of the graph
-            v1 = self.augment(images, generator)
-            v2 = self.augment(images, generator)
-        views = torch.cat([v1, v2])
-        # One pass over both views per network: BatchNorm sees both, and it halves the kernel launches.
+        views = two_views(self.augment, images, generator, "BYOL", "its heads have BatchNorm")
         q1, q2 = self.predictor(self.projector(self.encoder(views))).chunk(2)
         with torch.no_grad():
             z1, z2 = self.target_projector(self.target_encoder(views)).chunk(2)

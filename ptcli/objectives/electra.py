@@ -33,7 +33,7 @@ from torch import nn
 from ptcli.errors import UsageError
 from ptcli.models.transformer import TransformerBody, rotary_tables
 from ptcli.objectives import check_number
-from ptcli.objectives.mlm import IGNORE, mask_tokens
+from ptcli.objectives.mlm import IGNORE, mask_with, set_masking
 
 
 @dataclass
@@ -118,11 +118,6 @@ class Electra(nn.Module):
         if head is not None:
             raise UsageError("objective=electra trains ptcli's transformer from scratch; it cannot continue a "
                              "transformers checkpoint (init_from=hf:). Use objective=mlm for that.")
-        if not 0.0 < mask_rate < 1.0:
-            raise UsageError(f"objective.mask_rate must be in (0, 1), got {mask_rate}")
-        if mask_token_share < 0 or random_token_share < 0 or mask_token_share + random_token_share > 1:
-            raise UsageError("objective.mask_token_share and random_token_share must be >= 0 and sum to <= 1, "
-                             f"got {mask_token_share} and {random_token_share}")
         check_number("generator_scale", generator_scale, 0.0, 1.0, lo_open=True)
         self.disc_weight = check_number("disc_weight", disc_weight, 0.0)
         layers, heads, ffn_dim = _body_sizes(encoder)
@@ -136,22 +131,15 @@ class Electra(nn.Module):
         self.generator = ElectraGenerator(dim, g_dim, layers, g_heads, max(1, round(ffn_dim * generator_scale)),
                                           encoder.max_len, vocab, rotary)
         self.disc_head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 1))  # the paper's head
-        self.mask_rate, self.mask_token_share, self.random_token_share = mask_rate, mask_token_share, random_token_share
-        self.mask_id, self.pad_id = mask_id, pad_id
-        special = torch.zeros(vocab, dtype=torch.bool)
-        special[torch.tensor(special_ids, dtype=torch.long)] = True
-        self.register_buffer("special", special, persistent=False)
-        if whole_word and word_start is None:
-            raise UsageError("objective.whole_word=true needs a WordPiece tokenizer (tokenizer.kind=wordpiece)")
-        self.register_buffer("word_start", word_start if whole_word else None, persistent=False)
+        set_masking(self, vocab=vocab, special_ids=special_ids, mask_id=mask_id, word_start=word_start,
+                    mask_rate=mask_rate, mask_token_share=mask_token_share, random_token_share=random_token_share,
+                    whole_word=whole_word)
+        self.pad_id = pad_id
 
     def mask(self, input_ids: torch.Tensor, generator: torch.Generator | None = None):
         """``(generator inputs, labels, uniforms)``: MLM masking (``ptcli.objectives.mlm.mask_tokens``), then one
         uniform per position from the same generator, which ``forward`` turns into the generator's samples."""
-        inputs, labels = mask_tokens(input_ids, mask_rate=self.mask_rate, mask_id=self.mask_id,
-                                     vocab_size=self.encoder.vocab_size, special=self.special, generator=generator,
-                                     mask_token_share=self.mask_token_share,
-                                     random_token_share=self.random_token_share, word_start=self.word_start)
+        inputs, labels = mask_with(self, input_ids, generator)
         return inputs, labels, torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
 
     def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:

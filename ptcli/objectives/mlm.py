@@ -67,6 +67,35 @@ def mask_tokens(
     return inputs, labels
 
 
+def set_masking(module: nn.Module, *, vocab: int, special_ids: list[int], mask_id: int,
+                word_start: torch.Tensor | None, mask_rate: float, mask_token_share: float, random_token_share: float,
+                whole_word: bool) -> None:
+    """Check an objective's masking options and keep them on ``module`` (``mask_rate``, ``mask_id``, the shares,
+    the ``special`` and ``word_start`` tables) for ``mask_with``: MLM and ELECTRA mask the same way."""
+    if not 0.0 < mask_rate < 1.0:
+        raise UsageError(f"objective.mask_rate must be in (0, 1), got {mask_rate}")
+    if mask_token_share < 0 or random_token_share < 0 or mask_token_share + random_token_share > 1:
+        raise UsageError("objective.mask_token_share and random_token_share must be >= 0 and sum to <= 1, "
+                         f"got {mask_token_share} and {random_token_share}")
+    if whole_word and word_start is None:
+        raise UsageError("objective.whole_word=true needs a WordPiece tokenizer (tokenizer.kind=wordpiece)")
+    module.mask_rate, module.mask_id = mask_rate, mask_id
+    module.mask_token_share, module.random_token_share = mask_token_share, random_token_share
+    special = torch.zeros(vocab, dtype=torch.bool)
+    special[torch.tensor(special_ids, dtype=torch.long)] = True
+    module.register_buffer("special", special, persistent=False)
+    module.register_buffer("word_start", word_start if whole_word else None, persistent=False)
+
+
+def mask_with(module: nn.Module, input_ids: torch.Tensor,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mask_tokens`` with the options ``set_masking`` kept on ``module``."""
+    return mask_tokens(input_ids, mask_rate=module.mask_rate, mask_id=module.mask_id,
+                       vocab_size=module.encoder.vocab_size, special=module.special, generator=generator,
+                       mask_token_share=module.mask_token_share, random_token_share=module.random_token_share,
+                       word_start=module.word_start)
+
+
 class MaskedLM(nn.Module):
     """Encoder + MLM head (dense, GELU, LayerNorm, decoder tied to the token embedding).
 
@@ -89,13 +118,11 @@ class MaskedLM(nn.Module):
                  random_token_share: float = MLMConfig.random_token_share, whole_word: bool = MLMConfig.whole_word,
                  head: nn.Module | None = None) -> None:
         super().__init__()
-        if not 0.0 < mask_rate < 1.0:
-            raise UsageError(f"objective.mask_rate must be in (0, 1), got {mask_rate}")
-        if mask_token_share < 0 or random_token_share < 0 or mask_token_share + random_token_share > 1:
-            raise UsageError("objective.mask_token_share and random_token_share must be >= 0 and sum to <= 1, "
-                             f"got {mask_token_share} and {random_token_share}")
         self.encoder = encoder
         dim, vocab = encoder.dim, encoder.vocab_size
+        set_masking(self, vocab=vocab, special_ids=special_ids, mask_id=mask_id, word_start=word_start,
+                    mask_rate=mask_rate, mask_token_share=mask_token_share, random_token_share=random_token_share,
+                    whole_word=whole_word)
         if head is None:
             self.transform = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim))
             self.decoder_bias = nn.Parameter(torch.zeros(vocab))
@@ -103,20 +130,9 @@ class MaskedLM(nn.Module):
                 self.decoder = nn.Linear(dim, vocab, bias=False)  # nothing to tie to
         else:
             self.head = head
-        self.mask_rate, self.mask_token_share, self.random_token_share = mask_rate, mask_token_share, random_token_share
-        self.mask_id = mask_id
-        special = torch.zeros(vocab, dtype=torch.bool)
-        special[torch.tensor(special_ids, dtype=torch.long)] = True
-        self.register_buffer("special", special, persistent=False)
-        if whole_word and word_start is None:
-            raise UsageError("objective.whole_word=true needs a WordPiece tokenizer (tokenizer.kind=wordpiece)")
-        self.register_buffer("word_start", word_start if whole_word else None, persistent=False)
 
     def mask(self, input_ids: torch.Tensor, generator: torch.Generator | None = None):
-        return mask_tokens(input_ids, mask_rate=self.mask_rate, mask_id=self.mask_id,
-                           vocab_size=self.encoder.vocab_size,
-                           special=self.special, generator=generator, mask_token_share=self.mask_token_share,
-                           random_token_share=self.random_token_share, word_start=self.word_start)
+        return mask_with(self, input_ids, generator)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Loss summed over masked positions, with counts, so callers can average across batches exactly."""

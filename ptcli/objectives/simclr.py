@@ -16,6 +16,7 @@ from torch import nn
 
 from ptcli.augment import DEFAULT_SMALL_IMAGE_OPS, Augment
 from ptcli.errors import UsageError
+from ptcli.objectives import two_views
 
 
 @dataclass
@@ -70,12 +71,7 @@ class SimCLR(nn.Module):
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict:
         """``images [B, C, H, W]`` float in [0, 1] -> ``{"loss": scalar, "count": B}``."""
-        if images.shape[0] < 2:
-            raise ValueError("SimCLR needs at least 2 images per batch (the other images are the negatives)")
-        with torch.no_grad():  # augmentations are data preparation, not part of the graph
-            v1 = self.augment(images, generator)
-            v2 = self.augment(images, generator)
-        # One encoder pass over both views: BatchNorm sees both, and it halves the kernel launches.
-        z = self.projector(self.encoder(torch.cat([v1, v2])))
+        views = two_views(self.augment, images, generator, "SimCLR", "the other images are the negatives")
+        z = self.projector(self.encoder(views))
         z1, z2 = z.chunk(2)
         return {"loss": nt_xent(z1, z2, self.temperature), "count": int(images.shape[0])}

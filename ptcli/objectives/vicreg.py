@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ptcli.augment import DEFAULT_SMALL_IMAGE_OPS, Augment
-from ptcli.objectives import check_number, check_sizes, mlp
+from ptcli.objectives import check_number, check_sizes, mlp, two_views
 
 
 @dataclass
@@ -87,13 +87,8 @@ class VICReg(nn.Module):
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict:
         """``images [B, C, H, W]`` float in [0, 1] -> ``{"loss": scalar, "count": B}``."""
-        if images.shape[0] < 2:
-            raise ValueError("VICReg needs at least 2 images per batch (its variance and covariance are over it)")
-        with torch.no_grad():  # augmentations are data preparation, not part of the graph
-            v1 = self.augment(images, generator)
-            v2 = self.augment(images, generator)
-        # One encoder pass over both views: BatchNorm sees both, and it halves the kernel launches.
-        z1, z2 = self.expander(self.encoder(torch.cat([v1, v2]))).float().chunk(2)  # float32 statistics
+        views = two_views(self.augment, images, generator, "VICReg", "its variance and covariance are over it")
+        z1, z2 = self.expander(self.encoder(views)).float().chunk(2)  # float32 statistics
         terms = vicreg_terms(z1, z2)
         loss = sum(self.coeffs[k] * v for k, v in terms.items())
         return {"loss": loss, "count": int(images.shape[0])}

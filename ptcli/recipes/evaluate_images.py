@@ -19,7 +19,7 @@ from ptcli.errors import UsageError
 from ptcli.evaluation import evaluated_run, report
 from ptcli.metrics import score_logits, split_metrics
 from ptcli.models.classifier import image_logits
-from ptcli.probes import PROBES, PROTOCOLS, describe
+from ptcli.probes import PROTOCOLS, describe, probe_accuracy
 from ptcli.rundir import RunDir
 from ptcli.trainer import pick_device, seed_everything
 
@@ -49,8 +49,8 @@ def _evaluate_pretrained(target: RunDir, tcfg: DictConfig, data_cfg: DictConfig,
         raise UsageError("kNN and linear-probe evaluation need labeled images (class sub-folders, .npz with y).")
     short = "test" if split == "test" else "val"
     probes = type(model).probes  # declared by the objective
-    metrics = {f"{short}/{PROBE_METRICS[p]}": PROBES[p](model.encoder, splits["train"], splits[split], len(names),
-                                                        device) for p in probes}
+    metrics = {f"{short}/{PROBE_METRICS[p]}": probe_accuracy(p, model.encoder, splits["train"], splits[split],
+                                                            len(names), device) for p in probes}
     details = {"run": str(target.path), "checkpoint": str(ckpt), "split": split, "examples": len(splits[split][0]),
                "train_examples": len(splits["train"][0]), "protocol": {p: PROTOCOLS[p] for p in probes},
                "protocols": {PROBE_METRICS[p]: describe(p) for p in probes}, "metrics": metrics}

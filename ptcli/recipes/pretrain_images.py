@@ -19,7 +19,7 @@ from ptcli.builders import build_image_objective, load_image_data
 from ptcli.checkpoint import resume_checkpoint
 from ptcli.data.text import BlockBatches
 from ptcli.errors import UsageError
-from ptcli.probes import PROTOCOLS, knn_accuracy
+from ptcli.probes import PROTOCOLS, probe_accuracy
 from ptcli.rundir import RunDir
 from ptcli.trainer import BestTracker, Trainer, prepare_run, total_steps
 
@@ -56,8 +56,8 @@ def pretrain_images(cfg: DictConfig, run: RunDir) -> dict[str, float]:
     init_metrics: dict[str, float] = {}
     if labeled and not cfg.resume:
         # The head start, measured on this very encoder before any training.
-        init_metrics["val/knn_acc_init"] = knn_accuracy(model.encoder, splits["train"], splits["validation"],
-                                                        len(names), device)
+        init_metrics["val/knn_acc_init"] = probe_accuracy("knn", model.encoder, splits["train"],
+                                                          splits["validation"], len(names), device)
         run.log(0, "val", knn_acc=init_metrics["val/knn_acc_init"])
 
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
@@ -71,8 +71,8 @@ def pretrain_images(cfg: DictConfig, run: RunDir) -> dict[str, float]:
         n = min(len(xv), 512)
         metrics = {"loss": float(model(xv[:n].to(device), generator=g)["loss"])} if n >= 2 else {}
         if labeled:
-            metrics["knn_acc"] = knn_accuracy(model.encoder, splits["train"], splits["validation"], len(names),
-                                              device)
+            metrics["knn_acc"] = probe_accuracy("knn", model.encoder, splits["train"], splits["validation"],
+                                                len(names), device)
         return metrics
 
     best = BestTracker("val/knn_acc", "max") if labeled else BestTracker("val/loss", "min")
