@@ -229,6 +229,8 @@ def model_card(run: Any, cfg: Any, model: Any, path: str) -> str:
     the model, every figure read from the run directory (``run.json``, ``config.yaml``, ``headstart.json``)."""
     import yaml
 
+    from ptcli.build import component_class
+
     manifest = run.manifest
     command = manifest.get("command")
     finetune = command == "finetune"
@@ -242,7 +244,9 @@ def model_card(run: Any, cfg: Any, model: Any, path: str) -> str:
     base = _hub_id(cfg.get("init_from")) or (_hub_id(cfg.get("pretrained")) if finetune else None)
     if base:
         front["base_model"] = base
-    dataset = _hub_id(f"hf:{cfg.data.get('name')}") if "HubDataset" in str(cfg.data.get("_target_")) else None
+    # A source that names hub data declares it (``downloads``); its name is then a hub id for the card's front matter.
+    dataset = _hub_id(f"hf:{cfg.data.get('name')}") if getattr(component_class(cfg.data, "data"), "downloads",
+                                                                False) else None
     if dataset:
         front["datasets"] = [dataset]
     lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "", f"# {Path(path).name}", ""]

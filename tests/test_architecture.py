@@ -42,7 +42,7 @@ def test_nothing_routes_on_target_text():
     """Comparing or searching a ``_target_`` string would route around what the classes declare."""
     # (a target's value compared or searched; ``key != "_target_"`` compares keys and is no routing)
     routing = re.compile(r"_target_[\"']?(, [^)]*)?[\])]*\s*(==|!=|\bin\b)"  # target == / in ...
-                         r"|\bin\b\s*[\w.]*(\.get\(|\[)[\"']_target_"  # ... in cfg.get("_target_")
+                         r"|\bin\b\s*(str\()?[\w.]*(\.get\(|\[)[\"']_target_"  # ... in (str(...)) cfg.get("_target_")
                          r"|_target_.*\.lower\(")  # a search in its text
     hits = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}" for p in (ROOT / "ptcli").rglob("*.py")
             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if routing.search(line)]
