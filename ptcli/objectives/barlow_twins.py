@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ptcli.augment import DEFAULT_SMALL_IMAGE_OPS, Augment
-from ptcli.objectives import check_number, check_sizes, mlp, two_views
+from ptcli.objectives import check_number, check_sizes, gather_rows, mlp, output, sharded, two_views
 
 
 @dataclass
@@ -67,6 +67,7 @@ class BarlowTwins(nn.Module):
     modality = "image"
     produces = "projections"  # the projector exists for the loss only; downstream code uses ``encoder``
     probes: tuple[str, ...] = ("knn", "linear")  # how its encoder is judged (ptcli.probes)
+    ddp = True  # trainer.strategy=ddp gives the one-process loss of the global batch (ptcli.objectives.sharded)
 
     def __init__(self, encoder: nn.Module, augment: list[dict] | None = None,
                  proj_hidden: int = BarlowTwinsConfig.proj_hidden, proj_dim: int = BarlowTwinsConfig.proj_dim,
@@ -81,6 +82,8 @@ class BarlowTwins(nn.Module):
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict:
         """``images [B, C, H, W]`` float in [0, 1] -> ``{"loss": scalar, "count": B}``."""
-        views = two_views(self.augment, images, generator, "Barlow Twins", "its correlations are over the batch")
-        z1, z2 = self.projector(self.encoder(views)).float().chunk(2)  # float32 statistics
-        return {"loss": barlow_twins_loss(z1, z2, self.lambd), "count": int(images.shape[0])}
+        shard = sharded(self)  # DDP: images is the global batch; the correlations are over the whole of it
+        views = two_views(self.augment, images, generator, "Barlow Twins", "its correlations are over the batch",
+                          shard)
+        z1, z2 = (gather_rows(h, shard) for h in self.projector(self.encoder(views)).float().chunk(2))  # float32
+        return output(barlow_twins_loss(z1, z2, self.lambd), images, shard)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ptcli.augment import DEFAULT_SMALL_IMAGE_OPS, Augment
-from ptcli.objectives import check_number, check_sizes, mlp, two_views
+from ptcli.objectives import check_number, check_sizes, mlp, output, sharded, two_views
 
 
 @dataclass
@@ -65,6 +65,7 @@ class BYOL(nn.Module):
     modality = "image"
     produces = "projections"  # the heads and the target exist for the loss only; downstream code uses ``encoder``
     probes: tuple[str, ...] = ("knn", "linear")  # how its encoder is judged (ptcli.probes)
+    ddp = True  # trainer.strategy=ddp gives the one-process loss of the global batch (ptcli.objectives.sharded)
 
     def __init__(self, encoder: nn.Module, augment: list[dict] | None = None,
                  proj_hidden: int = BYOLConfig.proj_hidden, proj_dim: int = BYOLConfig.proj_dim,
@@ -96,9 +97,12 @@ class BYOL(nn.Module):
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict:
         """``images [B, C, H, W]`` float in [0, 1] -> ``{"loss": scalar, "count": B}``."""
-        views = two_views(self.augment, images, generator, "BYOL", "its heads have BatchNorm")
+        # DDP: images is the global batch; the loss is a mean of per-image terms, so each rank's mean of its rows
+        # needs no gather (BatchNorm, global_batch_norm, is what sees the whole batch).
+        shard = sharded(self)
+        views = two_views(self.augment, images, generator, "BYOL", "its heads have BatchNorm", shard)
         q1, q2 = self.predictor(self.projector(self.encoder(views))).chunk(2)
         with torch.no_grad():
             z1, z2 = self.target_projector(self.target_encoder(views)).chunk(2)
         loss = byol_loss(q1, z2) + byol_loss(q2, z1)
-        return {"loss": loss, "count": int(images.shape[0])}
+        return output(loss, images, shard)

@@ -16,7 +16,7 @@ from torch import nn
 
 from ptcli.augment import DEFAULT_SMALL_IMAGE_OPS, Augment
 from ptcli.errors import UsageError
-from ptcli.objectives import two_views
+from ptcli.objectives import gather_rows, output, sharded, two_views
 
 
 @dataclass
@@ -53,6 +53,7 @@ class SimCLR(nn.Module):
     modality = "image"
     produces = "projections"  # the head exists for the loss only; downstream code uses ``encoder``
     probes: tuple[str, ...] = ("knn", "linear")  # how its encoder is judged (ptcli.probes)
+    ddp = True  # trainer.strategy=ddp gives the one-process loss of the global batch (ptcli.objectives.sharded)
 
     def __init__(self, encoder: nn.Module, augment: list[dict] | None = None,
                  proj_dim: int = SimCLRConfig.proj_dim, proj_hidden: int = SimCLRConfig.proj_hidden,
@@ -70,8 +71,9 @@ class SimCLR(nn.Module):
                                        nn.ReLU(inplace=True), nn.Linear(proj_hidden, proj_dim))
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict:
-        """``images [B, C, H, W]`` float in [0, 1] -> ``{"loss": scalar, "count": B}``."""
-        views = two_views(self.augment, images, generator, "SimCLR", "the other images are the negatives")
+        """``images [B, C, H, W]`` float in [0, 1] -> ``{"loss": scalar, "count": B}`` (``ptcli.objectives.output``)."""
+        shard = sharded(self)  # DDP: images is the global batch; the negatives are the whole global batch
+        views = two_views(self.augment, images, generator, "SimCLR", "the other images are the negatives", shard)
         z = self.projector(self.encoder(views))
-        z1, z2 = z.chunk(2)
-        return {"loss": nt_xent(z1, z2, self.temperature), "count": int(images.shape[0])}
+        z1, z2 = (gather_rows(h, shard) for h in z.chunk(2))
+        return output(nt_xent(z1, z2, self.temperature), images, shard)

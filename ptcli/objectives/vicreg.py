@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ptcli.augment import DEFAULT_SMALL_IMAGE_OPS, Augment
-from ptcli.objectives import check_number, check_sizes, mlp, two_views
+from ptcli.objectives import check_number, check_sizes, gather_rows, mlp, output, sharded, two_views
 
 
 @dataclass
@@ -71,6 +71,7 @@ class VICReg(nn.Module):
     modality = "image"
     produces = "embeddings"  # the expander exists for the loss only; downstream code uses ``encoder``
     probes: tuple[str, ...] = ("knn", "linear")  # how its encoder is judged (ptcli.probes)
+    ddp = True  # trainer.strategy=ddp gives the one-process loss of the global batch (ptcli.objectives.sharded)
 
     def __init__(self, encoder: nn.Module, augment: list[dict] | None = None,
                  proj_hidden: int = VICRegConfig.proj_hidden, proj_dim: int = VICRegConfig.proj_dim,
@@ -87,8 +88,9 @@ class VICReg(nn.Module):
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict:
         """``images [B, C, H, W]`` float in [0, 1] -> ``{"loss": scalar, "count": B}``."""
-        views = two_views(self.augment, images, generator, "VICReg", "its variance and covariance are over it")
-        z1, z2 = self.expander(self.encoder(views)).float().chunk(2)  # float32 statistics
+        shard = sharded(self)  # DDP: images is the global batch; the statistics are over the whole of it
+        views = two_views(self.augment, images, generator, "VICReg", "its variance and covariance are over it", shard)
+        z1, z2 = (gather_rows(h, shard) for h in self.expander(self.encoder(views)).float().chunk(2))  # float32
         terms = vicreg_terms(z1, z2)
         loss = sum(self.coeffs[k] * v for k, v in terms.items())
-        return {"loss": loss, "count": int(images.shape[0])}
+        return output(loss, images, shard)

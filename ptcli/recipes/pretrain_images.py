@@ -6,6 +6,12 @@ as ``.encoder`` and its ``forward(images, generator=...)`` augments the batch it
 "count"}`` (``ptcli.builders.build_image_objective``). One with a momentum target updates it in ``after_step``,
 which the trainer calls after each optimizer step. The random-init kNN accuracy is measured first, so every run
 reports its own head start.
+
+``trainer.strategy=ddp`` (objectives that declare ``ddp = True``): every rank draws the same global batch and
+passes all of it to the objective, which augments it as one process would and keeps its rows; projections are
+gathered across ranks where the loss needs the whole batch, and BatchNorm layers become ``GlobalBatchNorm``
+(statistics over the global batch). Evaluation (validation loss, kNN probe) runs whole on every rank, in eval mode
+with no collective; rank 0's numbers are the ones logged.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from ptcli.builders import build_image_objective, load_image_data
 from ptcli.checkpoint import resume_checkpoint
 from ptcli.data.text import BlockBatches
 from ptcli.errors import UsageError
+from ptcli.objectives import global_batch_norm
 from ptcli.probes import PROTOCOLS, probe_accuracy
 from ptcli.rundir import RunDir
 from ptcli.trainer import BestTracker, Trainer, prepare_run, total_steps
@@ -27,21 +34,28 @@ AUG_EVAL_SEED = 4321  # validation views are the same at every evaluation
 
 
 def pretrain_images(cfg: DictConfig, run: RunDir) -> dict[str, float]:
-    if cfg.trainer.strategy != "single":
-        # Sharding the batch would shrink each rank's set of negatives (SimCLR) or the batch its statistics are
-        # taken over (VICReg, Barlow Twins, BatchNorm); the exact DDP versions need the projections all-gathered
-        # across ranks, which is not built yet.
-        name = component_class(cfg.objective, "objective").__name__ if cfg.get("objective") else "image"
-        raise UsageError(f"trainer.strategy={cfg.trainer.strategy} is not supported for {name} pre-training yet; "
-                         "use trainer.strategy=single (one process, CPU or one GPU).")
+    strategy = cfg.trainer.strategy
+    if strategy != "single":
+        # Sharding the batch naively would shrink each rank's set of negatives (SimCLR) or the batch its statistics
+        # are taken over (VICReg, Barlow Twins, BatchNorm); an objective declares ddp = True once its forward
+        # gathers what it needs (ptcli.objectives). MAE does not yet (its masks are drawn per rank's rows).
+        cls = component_class(cfg.objective, "objective") if cfg.get("objective") else None
+        if strategy != "ddp" or not getattr(cls, "ddp", False):
+            name = cls.__name__ if cls is not None else "image"
+            raise UsageError(f"trainer.strategy={strategy} is not supported for {name} pre-training yet; use "
+                             "trainer.strategy=single (one process, CPU or one GPU)"
+                             + (", or ddp with simclr, byol, vicreg or barlow_twins." if strategy == "fsdp" else "."))
     device = prepare_run(cfg)
     splits, names = load_image_data(cfg.data, cfg.seed)
     if splits["train"][0].shape[1] != cfg.model.in_channels:
         raise UsageError(f"model.in_channels={cfg.model.in_channels} but the images have "
                          f"{splits['train'][0].shape[1]} channels; set data.channels or model.in_channels.")
     labeled = splits["train"][1] is not None and splits["validation"][1] is not None
-    model = build_image_objective(cfg).to(device)
-    net = dist.parallelize(model, "single", device, cfg.trainer.compile)
+    model = build_image_objective(cfg)
+    if strategy == "ddp":
+        model = global_batch_norm(model)  # BatchNorm statistics over the global batch, as one process has them
+    model.to(device)
+    net = dist.parallelize(model, strategy, device, cfg.trainer.compile)
     optimizer = instantiate(cfg.optim, "optim", model=model)
     batches = BlockBatches(splits["train"][0], cfg.trainer.batch_size, cfg.seed, what="training images")
     total = total_steps(cfg.trainer, batches.batches_per_epoch)
