@@ -26,7 +26,10 @@ def collect(out: Path) -> list[dict]:
         if "." in run.name or not (run / "run.json").is_file():
             continue
         manifest = _load(run / "run.json")
-        metrics = manifest.get("metrics") or {}
+        if manifest.get("status") != "completed":
+            manifest = {"status": manifest.get("status")}  # its time and step are not the measured run's
+        # The pretrain's own --json output first: it outlives a run directory that was started again later.
+        metrics = _load(out / f"{run.name}.pretrain.json") or manifest.get("metrics") or {}
         ev = _load(out / f"{run.name}.evaluate.json")
         hs = _load(out / f"{run.name}.headstart.json")
         row = (hs.get("rows") or [{}])[0]
