@@ -26,6 +26,7 @@ def test_sweep_summary(sweep):
     assert all(j["status"] == "completed" for j in summary["jobs"])
 
 
+@pytest.mark.slow  # its module fixture runs a 4-job fine-tune sweep (~7 s)
 def test_report_groups_by_init_and_averages_seeds(ptcli, sweep, tmp_path):
     r = ptcli("report", str(sweep), "--out", str(tmp_path / "rep"))
     assert r.code == 0, r
