@@ -101,6 +101,7 @@ def test_pretrained_of_another_modality(ptcli, smoke_pretrain, tmp_path):
     _assert_usage_error(r, "data=digits")
 
 
+@pytest.mark.slow  # ~2 s of training runs: the inner loop keeps the smaller ones
 def test_pretrained_is_a_finetune_run(ptcli, smoke_pretrain, tmp_path):
     ft = tmp_path / "ft"
     r = ptcli("finetune", f"pretrained={smoke_pretrain}", "debug=smoke", "trainer.max_steps=2",

@@ -107,6 +107,7 @@ def assert_merged_export_matches(ptcli, run_dir, out) -> None:
     assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
 
 
+@pytest.mark.slow  # ~2 s of training runs: the inner loop keeps the smaller ones
 def test_lora_finetune_of_a_ptcli_encoder_resumes_and_exports_merged(ptcli, smoke_pretrain, labeled, tmp_path):
     run = tmp_path / "ft"
     r = ptcli("finetune", f"pretrained={smoke_pretrain}", *LORA, *labeled, "trainer.max_steps=4",

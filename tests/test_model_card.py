@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 
+import pytest
 import yaml
 from conftest import read_manifest, require
 
@@ -89,6 +90,7 @@ def test_headstart_table_in_the_card_and_a_garbled_file_skipped(ptcli, smoke_pre
     assert transformers.AutoModelForMaskedLM.from_pretrained(out) is not None
 
 
+@pytest.mark.slow  # ~2 s of training runs: the inner loop keeps the smaller ones
 def test_finetune_card_has_both_stages_and_loads(ptcli, smoke_pretrain, tmp_path):
     pre = tmp_path / "pretrain"
     shutil.copytree(smoke_pretrain, pre)

@@ -146,6 +146,7 @@ def test_streaming_pretrain_completes_and_resumes_exactly(ptcli, tmp_path):
     assert json.loads(r.stdout)["val/loss"] == pytest.approx(m["metrics"]["best/val/loss"], abs=1e-4)
 
 
+@pytest.mark.slow  # ~2 s of training runs: the inner loop keeps the smaller ones
 def test_streaming_needs_a_streamable_source_and_max_steps(ptcli, tmp_path):
     r = ptcli("pretrain", "debug=smoke", "data=pydocs", "data.streaming=true", f"hydra.run.dir={tmp_path}/a")
     assert r.code == 2 and "data.streaming" in r.stderr and "data=text" in r.stderr, r

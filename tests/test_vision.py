@@ -35,6 +35,7 @@ def test_simclr_pretrain_run(simclr_run):
     assert not (simclr_run / "tokenizer").exists()
 
 
+@pytest.mark.slow  # ~2 s of training runs: the inner loop keeps the smaller ones
 def test_simclr_finetune_and_evaluate(ptcli, simclr_run, tmp_path):
     run = tmp_path / "ft"
     r = ptcli("finetune", f"pretrained={simclr_run}", "data.labels_per_class=5", "trainer.max_steps=6",
@@ -66,6 +67,7 @@ def _write_pngs(root, channels):
 
 
 @pytest.mark.parametrize("kind", ["folder", "npz"])
+@pytest.mark.slow  # ~2 s of training runs: the inner loop keeps the smaller ones
 def test_user_images_pretrain_finetune_evaluate(ptcli, tmp_path, kind):
     if kind == "folder":
         path = tmp_path / "imgs"

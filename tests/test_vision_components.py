@@ -336,6 +336,7 @@ def test_npz_string_labels_unlabeled_and_missing_x(tmp_path):
         load_image_folder(str(tmp_path / "bad.npz"), size=4)
 
 
+@pytest.mark.slow  # ~2 s of training runs: the inner loop keeps the smaller ones
 def test_simclr_learns_something_on_digits_quickly():
     """A few steps must lower the loss: the pieces fit together (encoder, augment, head, loss)."""
     torch.manual_seed(0)
