@@ -10,6 +10,7 @@ from typing import Any
 from ptcli.build import component_class, instantiate
 from ptcli.errors import UsageError
 from ptcli.models.classifier import ImageClassifier, SequenceClassifier
+from ptcli.models.cloze import ClozeClassifier
 from ptcli.objectives.mlm import MaskedLM, word_start_table
 from ptcli.tokenizer import special_ids
 
@@ -86,6 +87,20 @@ def build_classifier(model_cfg: Any, vocab_size: int, num_classes: int, pooling:
     """A text classifier on the encoder ``model_cfg`` names."""
     encoder = _encoder_for(model_cfg, "sequence_classifier", vocab_size=vocab_size)
     return SequenceClassifier(encoder, num_classes, pooling=pooling)
+
+
+def build_cloze_classifier(model_cfg: Any, tok: Any, label_ids: list[list[int]]) -> ClozeClassifier:
+    """A cloze classifier (``head=cloze``): the encoder ``model_cfg`` names with an MLM head (ptcli's, or the
+    transformers checkpoint's own, pre-trained or fresh as ``model.random_init`` says), read at the slot."""
+    ids = special_ids(tok)
+    encoder_cls = component_class(model_cfg, "model")
+    head = None
+    if hasattr(encoder_cls, "with_mlm_head"):
+        encoder, head = encoder_cls.with_mlm_head(**{k: v for k, v in model_cfg.items() if k != "_target_"})
+    else:
+        encoder = _encoder_for(model_cfg, "sequence_classifier", vocab_size=tok.get_vocab_size())
+    mlm = MaskedLM(encoder, special_ids=[i for i in ids.values() if i is not None], mask_id=ids["mask"], head=head)
+    return ClozeClassifier(mlm, ids["mask"], label_ids)
 
 
 def build_image_classifier(model_cfg: Any, num_classes: int) -> ImageClassifier:

@@ -25,6 +25,7 @@ from ptcli.data.sources import (
     PydocsConfig,
     TextFilesConfig,
 )
+from ptcli.models.cloze import ClozeConfig
 from ptcli.models.convnet import ConvNetConfig
 from ptcli.models.hf import HFEncoderConfig
 from ptcli.models.lora import LoraConfig
@@ -43,8 +44,8 @@ from ptcli.trainer import TrainerConfig
 
 __all__ = [
     "RunConfig", "SCHEMAS", "PLAIN_SECTIONS", "LEGACY_KEYS", "component_schemas", "register", "AdamWConfig",
-    "BarlowTwinsConfig", "BYOLConfig", "ConvNetConfig", "DataSourceConfig", "DigitsConfig", "ElectraConfig",
-    "FinetuneConfig",
+    "BarlowTwinsConfig", "BYOLConfig", "ClozeConfig", "ConvNetConfig", "DataSourceConfig", "DigitsConfig",
+    "ElectraConfig", "FinetuneConfig",
     "HFEncoderConfig", "HubDatasetConfig", "ImageFilesConfig", "LoraConfig", "MAEConfig", "MLMConfig", "PydocsConfig",
     "ScheduleConfig", "SimCLRConfig", "TextFilesConfig", "TokenizerConfig", "TrainerConfig", "TransformerConfig",
     "VICRegConfig", "ViTConfig",
@@ -57,6 +58,11 @@ class FinetuneConfig:
     ptcli/models/lora.py). The older fine-tuning keys (pretrained, init, freeze_encoder, pooling) stay top-level."""
 
     lora: LoraConfig = field(default_factory=LoraConfig)
+    # head=cloze: patterns and verbalizer (ptcli/models/cloze.py)
+    cloze: ClozeConfig = field(default_factory=ClozeConfig)
+    # Re-initialize the top N encoder blocks before fine-tuning (Zhang et al. 2021, "Revisiting Few-sample BERT
+    # Fine-tuning": the top layers are the most specific to the pre-training task).
+    reinit_layers: int = 0
 
 
 @dataclass
@@ -80,6 +86,9 @@ class RunConfig:
     # finetune (text): mean over tokens (the best measured head start after MLM), or cls (dense-tanh-linear on
     # the first token, as transformers' *ForSequenceClassification; needed for `ptcli export` of the run).
     pooling: str = "mean"
+    # finetune (text): classifier (a new head on the pooled encoder) or cloze (the pre-trained MLM head fills a
+    # pattern's [MASK] slot with label words: finetune.cloze.*, ptcli/models/cloze.py).
+    head: str = "classifier"
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     resume: str | None = None
     init_from: str | None = None

@@ -31,7 +31,9 @@ def _encoder(run_dir: Path):
 
         tok = load_tokenizer(run.tokenizer_dir)
         encoder = instantiate(cfg.model, "model", vocab_size=tok.get_vocab_size())
-    missing = load_into(encoder, ckpt, strict=False, prefix="encoder.")
+    # A head=cloze fine-tune keeps its encoder inside the masked LM it trained (ptcli/models/cloze.py).
+    prefix = "mlm.encoder." if cfg.get("head") == "cloze" else "encoder."
+    missing = load_into(encoder, ckpt, strict=False, prefix=prefix)
     if missing:
         raise UsageError(f"{ckpt}: no encoder weights {missing[:3]} in this checkpoint.")
     return encoder.eval(), tok, cfg

@@ -110,28 +110,45 @@ def export_hf(run_dir: Path, out: Path, force: bool = False) -> Path:
                          f"{cfg.objective._target_} trains no masked-LM head on the encoder it keeps (ELECTRA's is a "
                          "replaced-token detector). Fine-tune it (finetune pretrained=RUN pooling=cls) and export "
                          "that run, or use ptcli embed for its embeddings.")
-    if command == "finetune" and cfg.get("pooling", "mean") != "cls":
+    cloze = command == "finetune" and cfg.get("head") == "cloze"
+    if command == "finetune" and not cloze and cfg.get("pooling", "mean") != "cls":
         raise UsageError(f"{run.path}: this fine-tune run mean-pools its tokens, which no transformers "
                          "*ForSequenceClassification computes. Fine-tune with pooling=cls to export it, or export "
                          "the pretrain run (ptcli embed gives mean-pooled embeddings of this one).")
     ckpt = trained_checkpoint(run)
     weights = load_weights(ckpt, merge_adapters=True)  # a LoRA fine-tune exports with its adapters merged
+    as_command = command
+    if cloze:  # a cloze classifier is a masked LM read through its pattern and verbalizer: export the masked LM
+        weights, as_command = {k[len("mlm."):]: v for k, v in weights.items() if k.startswith("mlm.")}, "pretrain"
     transformers = _transformers()
     try:
         if how == "native":
-            model, tok = _native(transformers, cfg, run, weights, command)
+            model, tok = _native(transformers, cfg, run, weights, as_command)
         else:
-            model, tok = _esm(transformers, cfg, run, weights, command)
+            model, tok = _esm(transformers, cfg, run, weights, as_command)
     except KeyError as exc:  # a checkpoint without a weight the architecture needs: the run, not ptcli, is off
         raise UsageError(f"{ckpt}: the checkpoint lacks weight {exc} that its config ({run.path / 'config.yaml'}) "
                          "implies; it cannot be exported.") from exc
     if force and (out.is_symlink() or out.exists()) and not out.is_dir():
         out.unlink()
     out.mkdir(parents=True, exist_ok=True)
+    if cloze:  # how to classify with it, in its config.json (and the model card)
+        model.config.ptcli_cloze = cloze_spec(run, cfg)
     model.save_pretrained(out)
     tok.save_pretrained(out)
     (out / CARD).write_text(model_card(run, cfg, model, str(out)), encoding="utf-8")
     return out
+
+
+def cloze_spec(run: Any, cfg: Any) -> dict[str, Any]:
+    """A head=cloze run's patterns and verbalizer, in label order: what turns the masked LM into its classifier."""
+    import json
+
+    from ptcli.models.cloze import VERBALIZER
+
+    verbalizer = json.loads((run.path / VERBALIZER).read_text(encoding="utf-8"))
+    return {"patterns": list(cfg.finetune.cloze.patterns), "labels": _label_names(run),
+            "verbalizer": {str(k): list(v) for k, v in verbalizer.items()}}
 
 
 def _labels(run: Any) -> dict[str, Any]:
@@ -233,13 +250,14 @@ def model_card(run: Any, cfg: Any, model: Any, path: str) -> str:
 
     manifest = run.manifest
     command = manifest.get("command")
-    finetune = command == "finetune"
+    cloze = getattr(model.config, "ptcli_cloze", None)  # a head=cloze fine-tune: a masked LM + pattern/verbalizer
+    finetune = command == "finetune" and cloze is None
     model_type = getattr(model.config, "model_type", "")
     front: dict[str, Any] = {
         "library_name": "transformers",
         "pipeline_tag": "text-classification" if finetune else "fill-mask",
-        "tags": [t for t in ("ptcli", model_type, "text-classification" if finetune else "masked-language-modeling")
-                 if t],
+        "tags": [t for t in ("ptcli", model_type, "text-classification" if finetune else "masked-language-modeling",
+                             "cloze" if cloze else "") if t],
     }
     base = _hub_id(cfg.get("init_from")) or (_hub_id(cfg.get("pretrained")) if finetune else None)
     if base:
@@ -250,14 +268,21 @@ def model_card(run: Any, cfg: Any, model: Any, path: str) -> str:
     if dataset:
         front["datasets"] = [dataset]
     lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "", f"# {Path(path).name}", ""]
-    kind = "text classifier" if finetune else "masked language model"
+    kind = "text classifier" if finetune else ("cloze text classifier: a masked language model" if cloze
+                                               else "masked language model")
     lines += [f"A {kind} ({type(model).__name__}) trained with ptcli, exported from the run directory "
               f"`{run.path}` ({command}, {manifest.get('status')}, {manifest.get('step')} steps).", ""]
+    if cloze:
+        lines += ["It classifies by filling the [MASK] slot of a pattern around the text: a label's score is the "
+                  "mean of its words' logits at the slot (`config.ptcli_cloze`; averaged over the patterns).", "",
+                  "| pattern |", "|---|", *[f"| `{p}` |" for p in cloze["patterns"]], "",
+                  "| label | words |", "|---|---|",
+                  *[f"| {name} | {', '.join(cloze['verbalizer'][name])} |" for name in cloze["labels"]], ""]
     lines += _architecture(cfg, model)
     lines += _training(run, cfg, manifest)
     lines += _results(manifest)
     lines += _headstart(run, cfg)
-    lines += _how_to_load(path, finetune, model_type)
+    lines += _how_to_load_cloze(path) if cloze else _how_to_load(path, finetune, model_type)
     lines += _config_section(run, manifest)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -530,6 +555,34 @@ def _how_to_load(path: str, finetune: bool, model_type: str) -> list[str]:
             "`AutoModelForMaskedLM` (and `AutoModel` for embeddings)")
     return ["## How to use", "", f"Loads offline with transformers' {auto} and `AutoTokenizer`; "
             "no `trust_remote_code`.", "", "```python", *code, "```", ""]
+
+
+def _how_to_load_cloze(path: str) -> list[str]:
+    # Run as written by tests/test_cloze.py: every line must work on the exported directory.
+    code = [
+        "import torch",
+        "from transformers import AutoModelForMaskedLM, AutoTokenizer",
+        "",
+        f"path = {path!r}  # this directory, or its hub id once uploaded",
+        "tokenizer = AutoTokenizer.from_pretrained(path)",
+        "mlm = AutoModelForMaskedLM.from_pretrained(path).eval()",
+        "spec = mlm.config.ptcli_cloze  # patterns, labels (in order), verbalizer {label: [words]}",
+        "words = [[tokenizer(' ' + w, add_special_tokens=False)['input_ids'][0] for w in spec['verbalizer'][label]]",
+        "         for label in spec['labels']]",
+        f"text = {EXAMPLE_TEXT!r}",
+        "scores = 0",
+        "for pattern in spec['patterns']:",
+        "    prompt = pattern.replace('[MASK]', tokenizer.mask_token).replace('{text}', text)",
+        "    batch = tokenizer([prompt], return_tensors='pt')",
+        "    with torch.no_grad():",
+        "        logits = mlm(input_ids=batch['input_ids'], attention_mask=batch['attention_mask']).logits",
+        "    slot = logits[0][batch['input_ids'][0] == tokenizer.mask_token_id][0]",
+        "    label_logits = torch.stack([slot[ids].mean() for ids in words])",
+        "    scores = scores + label_logits.log_softmax(-1) / len(spec['patterns'])",
+        "print(spec['labels'][int(scores.argmax())])",
+    ]
+    return ["## How to use", "", "Loads offline with transformers' `AutoModelForMaskedLM` and `AutoTokenizer`; no "
+            "`trust_remote_code`. Classify a text:", "", "```python", *code, "```", ""]
 
 
 def _config_section(run: Any, manifest: dict) -> list[str]:

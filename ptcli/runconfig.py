@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from ptcli.build import component_class, instantiate, run_config, run_modality
 from ptcli.errors import UsageError
 
-# optim.lr=null (conf/finetune.yaml): measured best head start at 16 (text) / 5 (images) labels per class.
+# optim.lr=null (conf/finetune.yaml): the model class's own ``finetune_lr`` (measured for each of ptcli's), else
+# this by modality (a model that declares none: transformers checkpoints, a trusted package's).
 FINETUNE_LR = {"text": 3e-4, "image": 1e-4}
 # optim.lr=null (conf/objective/mlm.yaml): from scratch, 2e-3 gave the largest head start after the default
 # pre-training (README "Measured"); a trained transformers checkpoint wants the small steps of domain-adaptive
@@ -40,7 +41,8 @@ HF_FINETUNE_MAX_LEN = 128
 DERIVED: dict[str, str] = {
     "model": "pretrained=RUN: the pretrained run's model (TUNABLE_MODEL_KEYS may be overridden); pretrained=hf:"
              " / init_from=hf: the checkpoint's architecture (ptcli.models.hf.HFEncoder)",
-    "optim.lr": "null: FINETUNE_LR[modality] (finetune), MLM_LR['scratch' | 'hf'] (text pretrain)",
+    "optim.lr": "null: the model class's finetune_lr, else FINETUNE_LR[modality] (finetune), MLM_LR['scratch' | "
+                "'hf'] (text pretrain)",
     "data": "an image fine-tune of an image pretrain run without data=...: the pretrain run's data "
             "(data.labels_per_class kept)",
     "data.size": "null (data=images): the size the encoder was trained at (finetune pretrained=RUN, evaluate "
@@ -138,8 +140,9 @@ def _finetune(cfg: DictConfig, overrides: list[str]) -> None:
     elif cfg.init == "pretrained" and cfg.freeze_encoder:
         raise UsageError("freeze_encoder=true without pretrained=RUN_DIR would train a head on random features.")
     kind = run_modality(cfg)
+    _check_head(cfg, kind, src_cfg)
     if cfg.optim.lr is None:
-        cfg.optim.lr = FINETUNE_LR[kind]
+        cfg.optim.lr = getattr(component_class(cfg.model, "model"), "finetune_lr", None) or FINETUNE_LR[kind]
     from_images = src_cfg is not None and run_modality(src_cfg) == "image"
     if kind == "image" and from_images and not _user_set(overrides, "data"):
         # Fine-tune on the pre-training images' labels unless told otherwise (data=...).
@@ -148,6 +151,43 @@ def _finetune(cfg: DictConfig, overrides: list[str]) -> None:
         cfg.data.labels_per_class = budget
     if kind == "image":
         _image_size(cfg, src_cfg.data if from_images else None)
+
+
+def _check_head(cfg: DictConfig, kind: str, src_cfg: DictConfig | None) -> None:
+    """``head=cloze`` needs a text model with an MLM head to read; refuse what it cannot honour, before any work."""
+    from ptcli.models.cloze import HEADS, check_pattern
+
+    head = cfg.get("head", "classifier")
+    if head not in HEADS:
+        raise UsageError(f"head={head!r}: choose one of {', '.join(HEADS)}.")
+    if head != "cloze":
+        return
+    if kind != "text":
+        raise UsageError("head=cloze fills a [MASK] slot with words: it is for text models (use head=classifier).")
+    if cfg.freeze_encoder or (cfg.finetune.lora.r or 0) > 0:
+        raise UsageError("head=cloze fine-tunes the whole masked LM; drop freeze_encoder / finetune.lora.r, or use "
+                         "head=classifier.")
+    if not cfg.finetune.cloze.patterns:
+        raise UsageError("finetune.cloze.patterns is empty; give at least one, e.g. '[MASK] : {text}'.")
+    for pattern in cfg.finetune.cloze.patterns:
+        check_pattern(pattern)
+    verbalizer = cfg.finetune.cloze.verbalizer
+    if verbalizer is not None and not (
+            isinstance(verbalizer, DictConfig) and all(
+                isinstance(v, str) or (OmegaConf.is_list(v) and v and all(isinstance(w, str) for w in v))
+                for v in verbalizer.values())):
+        shown = OmegaConf.to_container(verbalizer) if OmegaConf.is_config(verbalizer) else verbalizer
+        raise UsageError(f"finetune.cloze.verbalizer={shown!r}: give "
+                         "{label: [word, ...]} (e.g. '{pos:[great],neg:[terrible]}'), or null to choose the words from "
+                         "the training examples.")
+    if src_cfg is not None and src_cfg.get("objective") is not None:
+        from ptcli.objectives.mlm import MaskedLM
+
+        objective_cls = component_class(src_cfg.objective, "objective")
+        if not (isinstance(objective_cls, type) and issubclass(objective_cls, MaskedLM)):
+            raise UsageError(f"head=cloze reads the pre-trained MLM head, and pretrained={cfg.pretrained} was "
+                             f"pre-trained with objective={src_cfg.objective._target_}, which has none; use "
+                             "head=classifier.")
 
 
 def _evaluate(cfg: DictConfig, overrides: list[str]) -> None:

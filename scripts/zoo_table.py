@@ -1,9 +1,11 @@
-"""The zoo's one table (and plot) from the files scripts/zoo.sh wrote: python scripts/zoo_table.py OUT.
+"""The zoo's tables (and plot) from the files scripts/zoo.sh wrote: python scripts/zoo_table.py OUT.
 
-Per (encoder, objective): pre-training wall time and the kNN accuracy of the encoder before and after
-(validation, from the run's run.json), kNN and linear-probe accuracy on the test split (`ptcli evaluate`), and
-the fine-tune at 5 labels per class from the pre-trained encoder vs random init (test accuracy, mean +- std over
-seeds 0,1,2, `ptcli headstart`). Writes OUT/zoo.md, OUT/zoo.json and OUT/zoo.png.
+Images (data=digits), per (encoder, objective): pre-training wall time and the kNN accuracy of the encoder before
+and after (validation, from the run's run.json), kNN and linear-probe accuracy on the test split (`ptcli
+evaluate`), and the fine-tune at 5 labels per class from the pre-trained encoder vs random init (test accuracy,
+mean +- std over seeds 0,1,2, `ptcli headstart`). Text (data=pydocs), per objective: wall time, steps, the
+objective's own validation metric, and the same fine-tune comparison at 16 labels per class. Writes OUT/zoo.md,
+OUT/zoo.json and OUT/zoo.png.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ def collect(out: Path) -> list[dict]:
             "pretrain_s": manifest.get("duration_s"), "steps": manifest.get("step"),
             "val_knn_init": metrics.get("val/knn_acc_init"), "val_knn": metrics.get("val/knn_acc"),
             "test_knn": ev.get("test/knn_acc"), "test_linear": ev.get("test/linear_acc"),
+            "val_mlm_acc": metrics.get("val/mlm_acc"), "val_disc_acc": metrics.get("val/disc_acc"),
+            "val_gen_mlm_acc": metrics.get("val/gen_mlm_acc"),
             "finetune_pretrained": row.get("pretrained"), "finetune_random": row.get("random"),
             "head_start": row.get("head_start"), "labels_per_class": row.get("labels_per_class"),
         })
@@ -54,6 +58,8 @@ def _ms(s: dict | None) -> str:
 
 
 def table(rows: list[dict]) -> str:
+    text = [r for r in rows if r["model"] == "transformer"]
+    rows = [r for r in rows if r["model"] != "transformer"]
     lines = ["| encoder | objective | pretrain (s) | val kNN init → after | test kNN | test linear | "
              "fine-tune 5/class: pretrained | random init | head start (points) |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -62,6 +68,15 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['model']} | {r['objective']} | {_f(r['pretrain_s'], '{:.0f}')} | "
                      f"{_f(r['val_knn_init'])} → {_f(r['val_knn'])} | {_f(r['test_knn'])} | {_f(r['test_linear'])} | "
                      f"{_ms(r['finetune_pretrained'])} | {_ms(r['finetune_random'])} | {hs} |")
+    if text:
+        lines += ["", "| text objective | pretrain (s) | steps | val metric | fine-tune 16/class: pretrained | "
+                  "random init | head start (points) |", "|---|---|---|---|---|---|---|"]
+        for r in text:
+            hs = "—" if r["head_start"] is None else f"{100 * r['head_start']:+.1f}"
+            metric = (f"mlm_acc {_f(r['val_mlm_acc'])}" if r["val_disc_acc"] is None else
+                      f"disc_acc {_f(r['val_disc_acc'])}, generator mlm_acc {_f(r['val_gen_mlm_acc'])}")
+            lines.append(f"| {r['objective']} | {_f(r['pretrain_s'], '{:.0f}')} | {r['steps']} | {metric} | "
+                         f"{_ms(r['finetune_pretrained'])} | {_ms(r['finetune_random'])} | {hs} |")
     return "\n".join(lines) + "\n"
 
 
@@ -71,7 +86,7 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if r["finetune_pretrained"] and r["finetune_random"]]
+    rows = [r for r in rows if r["finetune_pretrained"] and r["finetune_random"] and r["model"] != "transformer"]
     if not rows:
         return
     names = [f"{r['model']}\n{r['objective']}" for r in rows]

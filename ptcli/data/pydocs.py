@@ -2,7 +2,9 @@
 
 Sources are parsed with ``ast`` (never imported). Order is deterministic (sorted paths, AST walk
 order) and the validation/test split is a fixed hash of each docstring's location, so every machine
-with the same Python gets the same splits. Label = top-level package or module (``email``, ``os``).
+with the same Python gets the same splits. Two labels: ``package``, the top-level package or module (``email``,
+``os``: largely decided by topic words), and ``kind``, what the docstring documents (``module``, ``class``,
+``function``, ``method``: decided by how it is written, not by which package's words it uses).
 """
 
 from __future__ import annotations
@@ -41,10 +43,25 @@ def _split_of(key: str) -> str:
     return "test" if bucket < 5 else "validation" if bucket < 10 else "train"
 
 
+KINDS = ("module", "class", "function", "method")
+
+
+def _kinds(tree: ast.Module) -> dict[ast.AST, str]:
+    """What each documented node is: a function defined directly in a class body is a method."""
+    kinds: dict[ast.AST, str] = {tree: "module"}
+    for parent in ast.walk(tree):
+        for child in ast.iter_child_nodes(parent):
+            if isinstance(child, ast.ClassDef):
+                kinds[child] = "class"
+            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                kinds[child] = "method" if isinstance(parent, ast.ClassDef) else "function"
+    return kinds
+
+
 def extract_docstrings(root: Path | None = None) -> dict[str, dict[str, list[str]]]:
-    """Return ``{split: {"text": [...], "package": [...], "source": [...]}}``."""
+    """Return ``{split: {"text": [...], "package": [...], "kind": [...], "source": [...]}}``."""
     root = root or stdlib_root()
-    out = {s: {"text": [], "package": [], "source": []} for s in ("train", "validation", "test")}
+    out = {s: {"text": [], "package": [], "kind": [], "source": []} for s in ("train", "validation", "test")}
     for path in _source_files(root):
         rel = path.relative_to(root)
         try:
@@ -52,6 +69,7 @@ def extract_docstrings(root: Path | None = None) -> dict[str, dict[str, list[str
         except (SyntaxError, ValueError, OSError):
             continue  # a few stdlib files are intentionally invalid (lib2to3 fixtures, encodings)
         package = rel.parts[0].removesuffix(".py")
+        kinds = _kinds(tree)
         for node in ast.walk(tree):
             if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
@@ -63,12 +81,13 @@ def extract_docstrings(root: Path | None = None) -> dict[str, dict[str, list[str
             split = out[_split_of(source)]
             split["text"].append(doc)
             split["package"].append(package)
+            split["kind"].append(kinds[node])
             split["source"].append(source)
     return out
 
 
 def _fingerprint(root: Path) -> str:
-    h = hashlib.sha256(f"v1|{root}|{MIN_CHARS}|{sorted(EXCLUDED_PARTS)}".encode())
+    h = hashlib.sha256(f"v2|{root}|{MIN_CHARS}|{sorted(EXCLUDED_PARTS)}".encode())
     for p in _source_files(root):
         st = p.stat()
         h.update(f"{p}|{st.st_size}".encode())
@@ -76,7 +95,7 @@ def _fingerprint(root: Path) -> str:
 
 
 def load_pydocs():
-    """The corpus as a ``DatasetDict`` (train/validation/test; columns text, package, source)."""
+    """The corpus as a ``DatasetDict`` (train/validation/test; columns text, package, kind, source)."""
     import datasets
 
     root = stdlib_root()

@@ -35,7 +35,10 @@ class PydocsConfig(DataSourceConfig):
     """``data=pydocs``: fixed train/validation/test split of the standard library's docstrings."""
 
     _target_: str = "ptcli.data.sources.Pydocs"
-    num_labels: int = 20  # the most frequent top-level packages kept as labels
+    # package: the top-level package (topic words decide it); kind: module | class | function | method, what the
+    # docstring documents (its form decides it: README "A task that is not lexical").
+    label: str = "package"
+    num_labels: int = 20  # label=package: the most frequent top-level packages kept as labels
 
 
 @dataclass
@@ -207,7 +210,13 @@ class Pydocs(DataSource):
 
         from ptcli.data.pydocs import load_pydocs
 
+        label = self.options.get("label") or PydocsConfig.label
+        if label not in ("package", "kind"):
+            raise UsageError(f"data.label={label!r}: data=pydocs has the labels 'package' (the top-level package) "
+                             "and 'kind' (module, class, function or method).")
         dd = load_pydocs()
+        if label == "kind":
+            return dd.map(lambda b: {"label": b["kind"]}, batched=True, desc="pydocs labels")
         num_labels = int(self.options.get("num_labels") or PydocsConfig.num_labels)
         top = {p for p, _ in Counter(dd["train"]["package"]).most_common(num_labels)}
 

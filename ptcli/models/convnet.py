@@ -49,6 +49,7 @@ class ConvNet(nn.Module):
     modality = "image"
     produces = "features"  # [B, dim] pooled features
     finetune_head = "image_classifier"
+    finetune_lr = 1e-4  # optim.lr=null in finetune: the best head start at 5 labels/class (README "Measured")
     hf_export = None  # no transformers counterpart
 
     def __init__(self, in_channels: int = ConvNetConfig.in_channels, width: int = ConvNetConfig.width,

@@ -175,6 +175,7 @@ class TransformerEncoder(TransformerBody):
     modality = "text"
     produces = "token_states"  # [B, T, dim] hidden states
     finetune_head = "sequence_classifier"
+    finetune_lr = 3e-4  # optim.lr=null in finetune: the best head start at 16 labels/class (README "Measured")
     hf_export = "esm"  # ptcli export writes it as EsmForMaskedLM / EsmForSequenceClassification
     selects_positions = True  # forward(..., only=mask): the last block runs at those positions only (MaskedLM)
 

@@ -134,18 +134,23 @@ class MaskedLM(nn.Module):
     def mask(self, input_ids: torch.Tensor, generator: torch.Generator | None = None):
         return mask_with(self, input_ids, generator)
 
+    def logits_at(self, input_ids: torch.Tensor, where: torch.Tensor,
+                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Vocabulary logits at the positions ``where`` (``[B, T]`` bool), ``[n, vocab]`` row-major: the MLM
+        loss reads them at masked tokens, cloze fine-tuning (ptcli/models/cloze.py) at the pattern's slot."""
+        if hasattr(self, "head"):
+            return self.head(self.encoder(input_ids, attention_mask)[where])
+        if getattr(self.encoder, "selects_positions", False):  # last block at those positions only
+            hidden = self.encoder(input_ids, attention_mask, only=where)
+        else:
+            hidden = self.encoder(input_ids, attention_mask)[where]
+        weight = self.decoder.weight if hasattr(self, "decoder") else self.encoder.tok_emb.weight
+        return F.linear(self.transform(hidden), weight, self.decoder_bias)
+
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Loss summed over masked positions, with counts, so callers can average across batches exactly."""
         where = labels != IGNORE
-        if hasattr(self, "head"):
-            logits = self.head(self.encoder(input_ids)[where])
-        else:
-            if getattr(self.encoder, "selects_positions", False):  # last block at the masked positions only
-                hidden = self.encoder(input_ids, only=where)
-            else:
-                hidden = self.encoder(input_ids)[where]
-            weight = self.decoder.weight if hasattr(self, "decoder") else self.encoder.tok_emb.weight
-            logits = F.linear(self.transform(hidden), weight, self.decoder_bias)
+        logits = self.logits_at(input_ids, where)
         target = labels[where]
         loss_sum = F.cross_entropy(logits.float(), target, reduction="sum")
         n = target.numel()

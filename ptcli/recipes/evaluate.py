@@ -7,11 +7,13 @@ run's own unless ``data...`` overrides point elsewhere (``data=text data.test=FI
 
 from __future__ import annotations
 
+import json
+
 import torch
 from omegaconf import DictConfig
 
 from ptcli.build import instantiate
-from ptcli.builders import build_classifier, build_text_objective
+from ptcli.builders import build_classifier, build_cloze_classifier, build_text_objective
 from ptcli.checkpoint import load_into, trained_checkpoint
 from ptcli.data.labels import LabelMap
 from ptcli.data.text import pack_blocks, tokenize_texts
@@ -19,6 +21,7 @@ from ptcli.errors import UsageError
 from ptcli.evaluation import eval_split, evaluated_run, report
 from ptcli.metrics import score_logits, split_metrics
 from ptcli.models.classifier import text_logits
+from ptcli.models.cloze import VERBALIZER, encode_with_patterns, label_token_ids, pattern_logits
 from ptcli.objectives.mlm import EVAL_SEED, evaluate_mlm
 from ptcli.rundir import RunDir
 from ptcli.tokenizer import load_tokenizer, special_ids
@@ -63,7 +66,12 @@ def _evaluate_mlm(target: RunDir, tcfg: DictConfig, data_cfg: DictConfig, device
 def _evaluate_classifier(target: RunDir, tcfg: DictConfig, data_cfg: DictConfig, device: torch.device, seed: int):
     tok = load_tokenizer(target.tokenizer_dir)
     labels = LabelMap.load(target.path / "labels.json")
-    model = build_classifier(tcfg.model, tok.get_vocab_size(), len(labels.names), tcfg.get("pooling", "mean"))
+    cloze = tcfg.get("head", "classifier") == "cloze"
+    if cloze:
+        verbalizer = json.loads((target.path / VERBALIZER).read_text(encoding="utf-8"))
+        model = build_cloze_classifier(tcfg.model, tok, label_token_ids(tok, verbalizer, labels.names))
+    else:
+        model = build_classifier(tcfg.model, tok.get_vocab_size(), len(labels.names), tcfg.get("pooling", "mean"))
     ckpt = trained_checkpoint(target)
     load_into(model, ckpt)
     model.to(device).eval()
@@ -75,8 +83,14 @@ def _evaluate_classifier(target: RunDir, tcfg: DictConfig, data_cfg: DictConfig,
         raise UsageError(f"the {split} data has no label column '{column}'; set data.label_column.")
     ds = ds.filter(lambda b: [v is not None for v in b["label"]], batched=True)
     y = labels.encode(ds["label"], f"data.label_column [{split}]")
-    seqs = tokenize_texts(ds, tok, int(tcfg.model.max_len), f"data {split} split")
-    scores = score_logits(text_logits(model, seqs, special_ids(tok)["pad"], device), y, labels.names)
+    pad_id = special_ids(tok)["pad"]
+    if cloze:
+        pseqs = encode_with_patterns(tok, ds["text"], list(tcfg.finetune.cloze.patterns), int(tcfg.model.max_len))
+        seqs, logits = pseqs[0], pattern_logits(model, pseqs, pad_id, device)
+    else:
+        seqs = tokenize_texts(ds, tok, int(tcfg.model.max_len), f"data {split} split")
+        logits = text_logits(model, seqs, pad_id, device)
+    scores = score_logits(logits, y, labels.names)
     metrics = split_metrics(scores, split)
     details = {"run": str(target.path), "checkpoint": str(ckpt), "split": split, "examples": len(seqs),
                "metrics": metrics, **scores}

@@ -8,7 +8,9 @@ LoRA adapters and the head instead of every weight (ptcli/models/lora.py).
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,13 +20,22 @@ from omegaconf import DictConfig
 
 from ptcli import distributed as dist
 from ptcli.build import instantiate
-from ptcli.builders import build_classifier
+from ptcli.builders import build_classifier, build_cloze_classifier
 from ptcli.checkpoint import pretrained_checkpoint, resume_checkpoint
 from ptcli.data.labels import LabelMap, run_labels, run_subsample
 from ptcli.data.text import SeededBatches, pad_batch, tokenize_texts
 from ptcli.errors import UsageError
 from ptcli.metrics import score_best, score_logits
 from ptcli.models.classifier import init_encoder, text_logits
+from ptcli.models.cloze import (
+    VERBALIZER,
+    choose_verbalizer,
+    encode_with_patterns,
+    label_token_ids,
+    load_masked_lm,
+    pattern_logits,
+    reinit_top_blocks,
+)
 from ptcli.models.lora import apply_lora, lora_settings, parameter_counts
 from ptcli.rundir import RunDir
 from ptcli.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer, special_ids
@@ -82,13 +93,32 @@ def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
 
     max_len = int(cfg.model.max_len)
     pad_id = special_ids(tok)["pad"]
-    seqs = {s: tokenize_texts(ds, tok, max_len, f"data {s} split") for s, ds in splits.items()}
     ys = {s: labels.encode(ds["label"], f"data.label_column [{s}]") for s, ds in splits.items()}
-    if "validation" not in seqs or len(seqs["validation"]) == 0:
+    if "validation" not in ys or len(ys["validation"]) == 0:
         raise UsageError("no labeled validation examples; pass data.validation=FILE or more data.")
-
-    model = build_classifier(cfg.model, tok.get_vocab_size(), len(labels.names), cfg.pooling)
-    init_encoder(model, pretrained_checkpoint(cfg, run, source), cfg.freeze_encoder, f"pretrained={cfg.pretrained}")
+    what = f"pretrained={cfg.pretrained}"
+    if cfg.head == "cloze":
+        # Every example under each pattern: pseqs[split][pattern][example]; training sees them all.
+        pseqs = {s: encode_with_patterns(tok, ds["text"], list(cfg.finetune.cloze.patterns), max_len)
+                 for s, ds in splits.items()}
+        seqs = {s: [x for per_pattern in p for x in per_pattern] for s, p in pseqs.items()}
+        train_y = np.tile(ys["train"], len(pseqs["train"]))
+        model = build_cloze_classifier(cfg.model, tok, [[0]] * len(labels.names))  # label words: below
+        checkpoint = pretrained_checkpoint(cfg, run, source)
+        if checkpoint is not None:
+            load_masked_lm(model.mlm, checkpoint, what)
+        reinit_top_blocks(model.encoder, int(cfg.finetune.reinit_layers))
+        model.to(device)
+        verbalizer = run_verbalizer(cfg, run, lambda: choose_verbalizer(
+            model, pseqs["train"][0], torch.from_numpy(ys["train"]), labels.names, tok, pad_id, device))
+        model.set_label_ids(label_token_ids(tok, verbalizer, labels.names))
+        log.info("cloze: patterns %s, verbalizer %s", list(cfg.finetune.cloze.patterns), verbalizer)
+    else:
+        seqs = {s: tokenize_texts(ds, tok, max_len, f"data {s} split") for s, ds in splits.items()}
+        train_y = ys["train"]
+        model = build_classifier(cfg.model, tok.get_vocab_size(), len(labels.names), cfg.pooling)
+        init_encoder(model, pretrained_checkpoint(cfg, run, source), cfg.freeze_encoder, what)
+        reinit_top_blocks(model.encoder, int(cfg.finetune.reinit_layers))
     weights_metadata = apply_lora(model, lora) if lora is not None else None  # (on the loaded pre-trained weights)
     counts = parameter_counts(model)
     log.info("trainable parameters: %s of %s (%.2f%%)%s", f"{counts['trainable']:,}", f"{counts['total']:,}",
@@ -99,11 +129,11 @@ def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
     net = dist.parallelize(model, cfg.trainer.strategy, device, cfg.trainer.compile)
 
     optimizer = instantiate(cfg.optim, "optim", model=model)
-    batches = ClassBatches(seqs["train"], ys["train"], cfg.trainer.batch_size, cfg.seed, pad_id)
+    batches = ClassBatches(seqs["train"], train_y, cfg.trainer.batch_size, cfg.seed, pad_id)
     total = total_steps(cfg.trainer, batches.batches_per_epoch)
     scheduler = instantiate(cfg.schedule, "schedule", optimizer=optimizer, total_steps=total)
-    run.update(data={"train_examples": len(seqs["train"]), "val_examples": len(seqs["validation"]),
-                     "test_examples": len(seqs.get("test", [])), "classes": len(labels.names)}, parameters=counts)
+    run.update(data={"train_examples": len(ys["train"]), "val_examples": len(ys["validation"]),
+                     "test_examples": len(ys.get("test", [])), "classes": len(labels.names)}, parameters=counts)
 
     def step_fn(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         ids, mask, y = (dist.to_device(t, device) for t in dist.shard_rows(batch))
@@ -112,6 +142,8 @@ def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
         return {"loss": F.cross_entropy(net(ids, mask).float(), y)}
 
     def score(split: str) -> dict[str, Any]:
+        if cfg.head == "cloze":
+            return score_logits(pattern_logits(model, pseqs[split], pad_id, device), ys[split], labels.names)
         return score_logits(text_logits(model, seqs[split], pad_id, device), ys[split], labels.names)
 
     def eval_fn() -> dict[str, float]:
@@ -127,5 +159,21 @@ def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
     metrics = trainer.fit(batches, step_fn, eval_fn)
 
     # Final scores come from the best checkpoint, on validation and (when present) test.
-    return {**metrics, **score_best(run, model, [s for s in ("validation", "test") if len(seqs.get(s, []))], score)}
+    return {**metrics, **score_best(run, model, [s for s in ("validation", "test") if len(ys.get(s, []))], score)}
+
+
+def run_verbalizer(cfg: DictConfig, run: RunDir, choose: Callable[[], dict[str, list[str]]]) -> dict[str, list[str]]:
+    """head=cloze: the verbalizer configured, or on resume the one the run started with, or ``choose()``; kept in
+    the run directory (``verbalizer.json``: evaluate and export read it)."""
+    path = run.path / VERBALIZER
+    configured = cfg.finetune.cloze.verbalizer
+    if cfg.resume and path.is_file():
+        verbalizer = json.loads(path.read_text(encoding="utf-8"))
+    elif configured is not None:
+        verbalizer = {str(k): [v] if isinstance(v, str) else list(v) for k, v in configured.items()}
+    else:
+        verbalizer = choose()
+    if run.writable:
+        path.write_text(json.dumps(verbalizer, indent=2) + "\n", encoding="utf-8")
+    return verbalizer
 
