@@ -78,12 +78,25 @@ def pytest_make_collect_report(collector):
     return report
 
 
+# Files whose module- or class-scoped fixtures are expensive (a DDP run, a shared pre-training): their tests stay on
+# one xdist worker (``--dist loadgroup``), so each fixture is built once; every other test is handed out on its own.
+GROUPED_FILES = {
+    "test_cloze.py", "test_configs.py", "test_configs_cli.py", "test_distributed.py", "test_features_e2e.py",
+    "test_finetune.py", "test_fuzz.py", "test_hf_pretrained.py", "test_lora.py", "test_precision.py",
+    "test_probes_sklearn.py", "test_report.py", "test_streaming.py", "test_trust.py", "test_vision.py",
+    "test_vision_objectives.py",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items) -> None:
-    # The files with slow tests (real processes) first: xdist (--dist loadfile) hands out files in this order, so the
-    # workers fill the end of the run with short files instead of one worker finishing a long file while the other
-    # idles.
+    # The files with slow tests (real processes) first: xdist hands out work in this order, so the workers fill the
+    # end of the run with short tests instead of one worker finishing a long file while the other idles.
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow_files)
+    for item in items:
+        if item.path.name in GROUPED_FILES:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
 
 
 @pytest.fixture(scope="session")
