@@ -155,7 +155,7 @@ def _finetune(cfg: DictConfig, overrides: list[str]) -> None:
 
 def _check_head(cfg: DictConfig, kind: str, src_cfg: DictConfig | None) -> None:
     """``head=cloze`` needs a text model with an MLM head to read; refuse what it cannot honour, before any work."""
-    from ptcli.models.cloze import HEADS, check_pattern
+    from ptcli.models.cloze import HEADS, VERBALIZER_MODES, check_pattern
 
     head = cfg.get("head", "classifier")
     if head not in HEADS:
@@ -172,14 +172,15 @@ def _check_head(cfg: DictConfig, kind: str, src_cfg: DictConfig | None) -> None:
     for pattern in cfg.finetune.cloze.patterns:
         check_pattern(pattern)
     verbalizer = cfg.finetune.cloze.verbalizer
-    if verbalizer is not None and not (
+    if verbalizer is not None and verbalizer not in VERBALIZER_MODES and not (
             isinstance(verbalizer, DictConfig) and all(
                 isinstance(v, str) or (OmegaConf.is_list(v) and v and all(isinstance(w, str) for w in v))
                 for v in verbalizer.values())):
         shown = OmegaConf.to_container(verbalizer) if OmegaConf.is_config(verbalizer) else verbalizer
         raise UsageError(f"finetune.cloze.verbalizer={shown!r}: give "
-                         "{label: [word, ...]} (e.g. '{pos:[great],neg:[terrible]}'), or null to choose the words from "
-                         "the training examples.")
+                         "{label: [word, ...]} (e.g. '{pos:[great],neg:[terrible]}'), null (or auto) to choose the "
+                         "words from the training examples, or names to use each label's own name where it is one "
+                         "token.")
     if src_cfg is not None and src_cfg.get("objective") is not None:
         from ptcli.objectives.mlm import MaskedLM
 

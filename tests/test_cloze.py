@@ -241,3 +241,22 @@ def test_verbalizer_must_map_labels_to_words(ptcli, smoke_pretrain, labeled, tmp
     r = ptcli("finetune", f"pretrained={smoke_pretrain}", *CLOZE, *labeled, "finetune.cloze.verbalizer=[file,host]",
               f"hydra.run.dir={tmp_path / 'a'}")
     assert r.code == 2 and "{label: [word, ...]}" in r.stderr, r
+
+
+def test_verbalizer_names_uses_one_token_label_names_and_chooses_the_rest(ptcli, smoke_pretrain, tmp_path):
+    """verbalizer=names: a label whose name is one token is its own word; the others get distinct chosen words."""
+    from ptcli.models.cloze import name_words
+
+    tok = _tok(smoke_pretrain)
+    assert name_words(tok, ["file", "xqzvkwpy"]) == {"file": ["file"]}
+    rows = ["text,label"] + [f"{' '.join(w.split()[(i + j) % 6] for j in range(5))} of the items,{label}"
+                             for label, w in (("file", WORDS["io"]), ("xqzvkwpy", WORDS["math"])) for i in range(12)]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    run = tmp_path / "ft"
+    r = ptcli("finetune", f"pretrained={smoke_pretrain}", *CLOZE, "data=text", f"data.train={tmp_path / 'train.csv'}",
+              "data.val_fraction=0.25", "finetune.cloze.verbalizer=names", "trainer.max_steps=2",
+              f"hydra.run.dir={run}")
+    assert r.code == 0, r
+    words = json.loads((run / "verbalizer.json").read_text())
+    assert words["file"] == ["file"]
+    assert len(words["xqzvkwpy"]) == 1 and words["xqzvkwpy"] != ["file"]

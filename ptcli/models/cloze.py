@@ -12,7 +12,9 @@ examples.
 Several patterns may be given: every training example is seen under each, and a prediction averages the class
 log-probabilities over the patterns (PET's ensemble, in one model). With ``verbalizer: null`` the label tokens are
 chosen from the labeled training examples as LM-BFF does: for each class, the vocabulary token whose log-probability
-at the slot (pre-trained model, first pattern) is highest on that class's examples relative to all examples.
+at the slot (pre-trained model, first pattern) is highest on that class's examples relative to all examples. With
+``verbalizer: names`` a label whose name is one token is its own word (LM-BFF's manual label words, e.g. a package
+name for the package a docstring comes from); the other labels' words are chosen as above.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch import nn
 from ptcli.errors import UsageError
 
 TEXT, SLOT = "{text}", "[MASK]"
+VERBALIZER_MODES = ("auto", "names")  # finetune.cloze.verbalizer given as a word instead of {label: [words]}
 HEADS = ("classifier", "cloze")
 VERBALIZER = "verbalizer.json"  # in a head=cloze fine-tune run: the label words it was trained with
 
@@ -38,8 +41,9 @@ class ClozeConfig:
 
     # LM-BFF's template for question-type classification (TREC), a task decided by form more than topic.
     patterns: list[str] = field(default_factory=lambda: ["[MASK] : {text}"])
-    # {label: [word, ...]} (a word alone is a list of one); null = chosen from the training examples. Typed Any:
-    # OmegaConf cannot merge a command-line dict into a typed dict node that is null.
+    # {label: [word, ...]} (a word alone is a list of one); null (or "auto") = chosen from the training examples;
+    # "names" = each label's own name where it is one token, the others chosen. Typed Any: OmegaConf cannot merge a
+    # command-line dict into a typed dict node that is null.
     verbalizer: Any = None
 
 
@@ -160,11 +164,27 @@ class ClozeClassifier(nn.Module):
         return (vocab[:, self.label_ids] * self.label_weight).sum(-1)
 
 
+def name_words(tok: Any, names: list[str]) -> dict[str, list[str]]:
+    """``verbalizer: names``: the labels whose name (lowercased when the tokenizer lowercases) is one whole-word
+    token, each mapped to itself; the others are left out, for ``choose_verbalizer`` to fill."""
+    out: dict[str, list[str]] = {}
+    for name in map(str, names):
+        ids = tok.encode(f" {name}", add_special_tokens=False).ids
+        if len(ids) == 1:
+            out[name] = [tok.id_to_token(ids[0]).removeprefix("Ġ").removeprefix("▁")]
+    return out
+
+
 @torch.no_grad()
 def choose_verbalizer(model: ClozeClassifier, seqs: list[list[int]], y: torch.Tensor, names: list[str], tok: Any,
-                      pad_id: int, device: torch.device, batch_size: int = 64) -> dict[str, list[str]]:
+                      pad_id: int, device: torch.device, batch_size: int = 64,
+                      fixed: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
     """LM-BFF's automatic label words, one per class: the whole-word token whose log-probability at the slot is
-    highest on the class's examples relative to the mean over all examples (distinct across classes)."""
+    highest on the class's examples relative to the mean over all examples (distinct across classes). Labels in
+    ``fixed`` keep their words (and those tokens are not chosen for another label)."""
+    fixed = fixed or {}
+    if all(str(n) in fixed for n in names):
+        return {str(n): fixed[str(n)] for n in names}
     from ptcli.data.text import pad_batch
 
     model.eval()
@@ -180,9 +200,12 @@ def choose_verbalizer(model: ClozeClassifier, seqs: list[list[int]], y: torch.Te
         usable[idx] = word.isalpha() and len(word) > 1 and not token.startswith("##") and not token.startswith("[")
     overall = lp.mean(0)
     chosen: dict[str, list[str]] = {}
-    taken: set[int] = set()
+    taken = {i for words in fixed.values() for w in words for i in tok.encode(f" {w}", add_special_tokens=False).ids}
     id_to_token = {i: t for t, i in vocab.items()}
     for c, name in enumerate(names):
+        if str(name) in fixed:
+            chosen[str(name)] = fixed[str(name)]
+            continue
         score = lp[y == c].mean(0) - overall if bool((y == c).any()) else overall.clone()
         score[~usable] = float("-inf")
         for idx in score.argsort(descending=True).tolist():

@@ -33,6 +33,7 @@ from ptcli.models.cloze import (
     encode_with_patterns,
     label_token_ids,
     load_masked_lm,
+    name_words,
     pattern_logits,
     reinit_top_blocks,
 )
@@ -109,8 +110,9 @@ def finetune(cfg: DictConfig, run: RunDir) -> dict[str, float]:
             load_masked_lm(model.mlm, checkpoint, what)
         reinit_top_blocks(model.encoder, int(cfg.finetune.reinit_layers))
         model.to(device)
+        fixed = name_words(tok, labels.names) if cfg.finetune.cloze.verbalizer == "names" else None
         verbalizer = run_verbalizer(cfg, run, lambda: choose_verbalizer(
-            model, pseqs["train"][0], torch.from_numpy(ys["train"]), labels.names, tok, pad_id, device))
+            model, pseqs["train"][0], torch.from_numpy(ys["train"]), labels.names, tok, pad_id, device, fixed=fixed))
         model.set_label_ids(label_token_ids(tok, verbalizer, labels.names))
         log.info("cloze: patterns %s, verbalizer %s", list(cfg.finetune.cloze.patterns), verbalizer)
     else:
@@ -169,7 +171,7 @@ def run_verbalizer(cfg: DictConfig, run: RunDir, choose: Callable[[], dict[str, 
     configured = cfg.finetune.cloze.verbalizer
     if cfg.resume and path.is_file():
         verbalizer = json.loads(path.read_text(encoding="utf-8"))
-    elif configured is not None:
+    elif configured is not None and not isinstance(configured, str):  # a str is a mode: auto | names
         verbalizer = {str(k): [v] if isinstance(v, str) else list(v) for k, v in configured.items()}
     else:
         verbalizer = choose()
