@@ -1,8 +1,9 @@
-"""The cloze table from scripts/cloze.sh's output: python scripts/cloze_table.py OUT.
+"""The cloze table from scripts/cloze.sh's output: python scripts/cloze_table.py OUT [MORE_OUT ...].
 
 Per pydocs task (package, kind), labels per class and head (classifier, cloze): test accuracy from the pre-trained
-model and from random init (mean +- std over seeds), the head start, and the fine-tunes' mean wall time. Writes
-OUT/cloze.md and OUT/cloze.json.
+model and from random init (mean +- std over seeds), the head start, and that budget's fine-tunes' wall time (mean,
+max). Several OUT folders (e.g. budgets run at different times) make one table; writes OUT/cloze.md and
+OUT/cloze.json in the first.
 """
 
 from __future__ import annotations
@@ -17,14 +18,19 @@ def collect(out: Path) -> list[dict]:
     for path in sorted(out.glob("*.headstart.json")):
         task, _, head = path.name.removesuffix(".headstart.json").partition("_")
         h = json.loads(path.read_text())
-        runs = (out / "runs" / f"{task}_{head}").glob("*/run.json")
-        times = [json.loads(p.read_text()).get("duration_s") for p in runs]
-        times = [t for t in times if t is not None]
+        times: dict[str, list[float]] = {}
+        for p in (out / "runs" / f"{task}_{head}").glob("*/run.json"):
+            run = json.loads(p.read_text())
+            budget = next((o.split("=", 1)[1] for o in run["overrides"] if o.startswith("data.labels_per_class=")),
+                          "null")
+            if run.get("duration_s") is not None:
+                times.setdefault(budget, []).append(run["duration_s"])
         for r in h["rows"]:
+            ts = times.get(str(r["labels_per_class"]) if r["labels_per_class"] is not None else "null", [])
             rows.append({"task": task, "head": head, "labels_per_class": r["labels_per_class"],
                          "pretrained": r["pretrained"], "random": r["random"], "head_start": r["head_start"],
-                         "finetune_s_mean": sum(times) / len(times) if times else None,
-                         "finetune_s_max": max(times) if times else None})
+                         "finetune_s_mean": sum(ts) / len(ts) if ts else None,
+                         "finetune_s_max": max(ts) if ts else None})
     return sorted(rows, key=lambda r: (r["task"], r["labels_per_class"] or 1e9, r["head"]))
 
 
@@ -43,8 +49,10 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "scripts/results/cloze")
-    rows = collect(out)
+    outs = [Path(a) for a in sys.argv[1:]] or [Path("scripts/results/cloze")]
+    out = outs[0]
+    rows = sorted((r for o in outs for r in collect(o)),
+                  key=lambda r: (r["task"], r["labels_per_class"] or 1e9, r["head"]))
     (out / "cloze.json").write_text(json.dumps(rows, indent=2) + "\n")
     text = table(rows)
     (out / "cloze.md").write_text(text)

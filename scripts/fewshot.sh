@@ -6,8 +6,8 @@
 #
 #   bash scripts/fewshot.sh PRETRAIN_RUN [OUT]           # OUT defaults to scripts/results/fewshot
 #   FT_ARGS="trainer.num_threads=1" ...                   # extra overrides for every fine-tune
-#   TASKS="package kind bshift" HEADS="classifier cloze" VARIANTS="base reinit1 ..." (default: all five for the
-#   classification head, base and reinit1 for cloze)
+#   TASKS="package kind bshift" HEADS="classifier cloze" VARIANTS="base reinit1 ..." (default: base reinit1
+#   warmup30 steps600 decay08 for the classification head, base reinit1 names patterns2 for cloze)
 #
 # A sweep whose summary.json exists is not run again.
 set -euo pipefail
@@ -27,13 +27,16 @@ task_args() {
   esac
 }
 
+# Sets VARGS (an array: a pattern holds spaces).
 variant_args() {
   case $1 in
-    base) echo "" ;;
-    reinit1) echo "finetune.reinit_layers=1" ;;          # Zhang et al. 2021: re-initialise the top block
-    warmup30) echo "schedule.warmup_steps=30" ;;         # 10% warmup (the default is 100 of 300 steps)
-    steps600) echo "trainer.max_steps=600" ;;            # Mosbach et al. 2021: train longer on few samples
-    decay08) echo "optim.layer_decay=0.8" ;;             # layer-wise lr decay
+    base) VARGS=() ;;
+    reinit1) VARGS=("finetune.reinit_layers=1") ;;         # Zhang et al. 2021: re-initialise the top block
+    warmup30) VARGS=("schedule.warmup_steps=30") ;;        # 10% warmup (the default is 100 of 300 steps)
+    steps600) VARGS=("trainer.max_steps=600") ;;           # Mosbach et al. 2021: train longer on few samples
+    decay08) VARGS=("optim.layer_decay=0.8") ;;            # layer-wise lr decay
+    names) VARGS=("finetune.cloze.verbalizer=names") ;;    # head=cloze: the labels' own names as words
+    patterns2) VARGS=("finetune.cloze.patterns=['[MASK] : {text}','{text} this [MASK] .']") ;;  # PET's ensemble
     *) echo "unknown variant $1" >&2; exit 2 ;;
   esac
 }
@@ -53,16 +56,17 @@ done
 for task in ${TASKS:-package kind bshift}; do
   for head in ${HEADS:-classifier cloze}; do
     if [ "$head" = classifier ]; then variants=${VARIANTS:-base reinit1 warmup30 steps600 decay08}
-    else variants=${VARIANTS:-base reinit1}; fi
+    else variants=${VARIANTS:-base reinit1 names patterns2}; fi
     for variant in $variants; do
       name="${task}_${head}_${variant}"
       # BShift's base runs are its headstart's pretrained runs (same overrides and seeds).
       [ "$task/$variant" = bshift/base ] && continue
       [ -s "$OUT/runs/$name/summary.json" ] && continue
       echo "== $name" >&2
+      variant_args "$variant"
       # shellcheck disable=SC2046,SC2086
       $PTCLI finetune -m pretrained="$PRE" $(task_args "$task") head=$head data.labels_per_class=16 seed=0,1,2 \
-        $(variant_args "$variant") ${FT_ARGS:-} hydra.sweep.dir="$OUT/runs/$name" > "$OUT/$name.log" 2>&1
+        "${VARGS[@]}" ${FT_ARGS:-} hydra.sweep.dir="$OUT/runs/$name" > "$OUT/$name.log" 2>&1
     done
   done
 done
