@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,13 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 pytestmark = pytest.mark.slow
 
 
+def render_table(result: Path) -> str:
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "bench_table.py"), str(result)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
 def run_script(name: str, *args: str, cache_dir: Path) -> str:
     env = {**os.environ, "PTCLI_CACHE": str(cache_dir / "ptcli"), "HF_DATASETS_CACHE": str(cache_dir / "hf")}
     proc = subprocess.run([sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True, env=env,
@@ -23,15 +31,65 @@ def run_script(name: str, *args: str, cache_dir: Path) -> str:
     return proc.stdout
 
 
-def test_bench_mlm_tiny(cache_dir):
+def test_bench_mlm_tiny(cache_dir, tmp_path):
     require("accelerate", "the `bench` extra is not installed")  # the HF Trainer baseline
-    out = run_script("bench_mlm.py", "--rounds", "1", "--steps", "3", "--warmup", "1", cache_dir=cache_dir)
-    assert "ptcli" in out and "ratio" in out.lower() and "MFU" in out
+    result = tmp_path / "mlm.json"  # not scripts/results/bench/: tests/test_bench_results.py checks what lies there
+    out = run_script("bench_mlm.py", "--rounds", "1", "--steps", "4", "--warmup", "1", "--log-every", "2",
+                     "--val-blocks", "32", "--matmul-seconds", "0.05", "--out", str(result), cache_dir=cache_dir)
+    assert "ptcli" in out and "ratio ptcli/modernbert" in out and "MFU" in out and "HW util" in out
+    data = json.loads(result.read_text())
+    assert set(data["sides"]) == {"ptcli", "hf_bert", "modernbert"} and data["machine"]["cpu_count"] >= 1
+    for side in data["sides"].values():  # the FLOP formulas' weight matmuls = what torch's FLOP counter saw
+        flops = side["flops_per_token"]
+        assert flops["check_counted"] == pytest.approx(flops["check_formula_matmuls"], rel=0.01)
+    table = render_table(result)
+    assert "| ratio ptcli/hf_bert | **" in table and "ModernBertForMaskedLM" in table
 
 
-def test_bench_simclr_tiny(cache_dir):
-    out = run_script("bench_simclr.py", "--steps", "3", "--warmup", "1", cache_dir=cache_dir)
+def test_bench_mlm_time_to_quality_tiny(cache_dir, tmp_path):
+    require("accelerate", "the `bench` extra is not installed")
+    result = tmp_path / "ttq.json"
+    run_script("bench_mlm.py", "--time-to-quality", "--budget", "1", "--eval-every", "2", "--log-every", "2",
+               "--val-blocks", "32", "--matmul-seconds", "0.05", "--out", str(result), cache_dir=cache_dir)
+    data = json.loads(result.read_text())
+    assert data["target_val_loss"] == max(data["loss_at_budget"].values())
+    assert all(curve[-1]["seconds"] >= 1 for curve in data["curves"].values())
+    assert "seconds to target" in render_table(result)
+
+
+def test_bench_simclr_tiny(cache_dir, tmp_path):
+    result = tmp_path / "simclr.json"
+    out = run_script("bench_simclr.py", "--no-peer", "--rounds", "1", "--steps", "3", "--warmup", "1",
+                     "--matmul-seconds", "0.05", "--out", str(result), cache_dir=cache_dir)
     assert "images/s" in out and "FLOP utilization" in out
+    assert "| ptcli `SimCLR`" in render_table(result)
+
+
+PEER_PYTHON = SCRIPTS.parent / ".venv-peers" / "bin" / "python"
+
+
+@pytest.mark.skipif(not PEER_PYTHON.exists(), reason="no .venv-peers (torch + torchvision + lightly, ~5.5 GB): "
+                                                    "bash scripts/setup_peers.sh builds it")
+def test_bench_simclr_lightly_side_tiny(cache_dir, tmp_path):
+    result = tmp_path / "simclr.json"
+    out = run_script("bench_simclr.py", "--rounds", "1", "--steps", "3", "--warmup", "1", "--matmul-seconds", "0.05",
+                     "--out", str(result), cache_dir=cache_dir)
+    assert "ratio ptcli/lightly" in out
+    data = json.loads(result.read_text())
+    assert data["sides"]["lightly"]["torchvision"] and 0 <= data["sides"]["lightly"]["knn_accuracy"] <= 1
+    assert "| ratio ptcli/lightly | **" in render_table(result)
+
+
+def test_bench_finetune_tiny(cache_dir, tmp_path):
+    require("accelerate", "the `bench` extra is not installed")  # the HF Trainer baseline
+    result = tmp_path / "finetune.json"
+    out = run_script("bench_finetune.py", "--rounds", "1", "--steps", "6", "--eval-every", "3", "--warmup", "1",
+                     "--out", str(result), cache_dir=cache_dir)
+    assert "ratio ptcli/hf_bert" in out
+    data = json.loads(result.read_text())
+    assert data["settings"]["train_examples"] == 320  # 20 packages x 16 labels
+    assert data["sides"]["hf_bert"]["per_round"][0]["same_token_ids"]  # both sides saw the same token ids
+    assert "BertForSequenceClassification" in render_table(result)
 
 
 def test_bench_tokenize(cache_dir):
