@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The few-sample fine-tuning options, measured: each variant (a set of overrides) x task x head, from one pretrain
 # run, 16 labels per class, seeds 0,1,2, as one `ptcli finetune -m` sweep each. Tasks: pydocs package (lexical),
-# pydocs kind and BShift (data=text files from scripts/make_bshift.py: word order only). Then
-# `ptcli headstart` (pretrained vs random init) on BShift for both heads. Table: scripts/sweep_table.py.
+# pydocs kind, or BShift (TASKS=bshift: data=text files from scripts/make_bshift.py, word order only).
+# Table: scripts/sweep_table.py. Pre-trained vs random init per task and head: scripts/cloze.sh.
 #
 #   bash scripts/fewshot.sh PRETRAIN_RUN [OUT]           # OUT defaults to scripts/results/fewshot
 #   FT_ARGS="trainer.num_threads=1" ...                   # extra overrides for every fine-tune
@@ -41,26 +41,12 @@ variant_args() {
   esac
 }
 
-for task in ${HS_TASKS:-bshift}; do
-  for head in ${HEADS:-classifier cloze}; do
-    name="${task}_${head}"
-    [ -s "$OUT/$name.headstart.json" ] && continue
-    echo "== headstart $name" >&2
-    # shellcheck disable=SC2046,SC2086
-    $PTCLI headstart pretrained="$PRE" $(task_args "$task") head=$head --budgets "${BUDGETS:-16}" --seeds 0,1,2 \
-      --json hydra.sweep.dir="$OUT/runs/$name.headstart" ${FT_ARGS:-} > "$OUT/$name.headstart.json.tmp" \
-      2> "$OUT/$name.headstart.log"
-    mv "$OUT/$name.headstart.json.tmp" "$OUT/$name.headstart.json"
-  done
-done
-for task in ${TASKS:-package kind bshift}; do
+for task in ${TASKS:-package kind}; do
   for head in ${HEADS:-classifier cloze}; do
     if [ "$head" = classifier ]; then variants=${VARIANTS:-base reinit1 warmup30 steps600 decay08}
     else variants=${VARIANTS:-base reinit1 names patterns2}; fi
     for variant in $variants; do
       name="${task}_${head}_${variant}"
-      # BShift's base runs are its headstart's pretrained runs (same overrides and seeds).
-      [ "$task/$variant" = bshift/base ] && continue
       [ -s "$OUT/runs/$name/summary.json" ] && continue
       echo "== $name" >&2
       variant_args "$variant"
@@ -70,5 +56,5 @@ for task in ${TASKS:-package kind bshift}; do
     done
   done
 done
-$PY "$(dirname "$0")/sweep_table.py" "$OUT"/runs/*_*_*/ "$OUT"/runs/*.headstart/ --metrics best/val/accuracy,test/accuracy > "$OUT/fewshot.md"
+$PY "$(dirname "$0")/sweep_table.py" "$OUT"/runs/*_*_*/ --metrics best/val/accuracy,test/accuracy > "$OUT/fewshot.md"
 cat "$OUT/fewshot.md"
