@@ -1,5 +1,6 @@
 """Mean +- std over seeds of a `ptcli ... -m` sweep's metrics, grouped by every override but the seed:
-python scripts/sweep_table.py SWEEP_DIR [SWEEP_DIR ...] [--metrics best/val/accuracy,test/accuracy] [--ignore KEY,...].
+python scripts/sweep_table.py SWEEP_DIR [SWEEP_DIR ...] [--metrics best/val/accuracy,test/accuracy] [--ignore KEY,...]
+[--exclude KEY=VALUE,...].
 
 Overrides shared by every row are printed once above the table, not in each row; ``--ignore`` drops keys that do
 not define a setting (e.g. trainer.num_threads, init=pretrained from a headstart sweep)."""
@@ -17,13 +18,15 @@ def main() -> None:
     ap.add_argument("sweeps", nargs="+", type=Path)
     ap.add_argument("--metrics", default="best/val/accuracy,test/accuracy")
     ap.add_argument("--ignore", default="", help="override keys left out of the grouping")
+    ap.add_argument("--exclude", default="", help="skip jobs with any of these overrides (e.g. init=random)")
     args = ap.parse_args()
     ignored = {"seed", *filter(None, args.ignore.split(","))}
+    excluded = set(filter(None, args.exclude.split(",")))
     metrics = args.metrics.split(",")
     groups: dict[tuple[str, ...], list[dict]] = {}
     for sweep in args.sweeps:
         for job in json.loads((sweep / "summary.json").read_text())["jobs"]:
-            if job["status"] != "completed":
+            if job["status"] != "completed" or excluded & set(job["overrides"]):
                 continue
             key = tuple(o for o in job["overrides"] if o.split("=", 1)[0] not in ignored)
             groups.setdefault(key, []).append(job["metrics"])
