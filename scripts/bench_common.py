@@ -181,7 +181,26 @@ def _serve(conn: Connection, factory: Callable[..., Any], args: tuple) -> None:
         os._exit(1)
 
 
-class Worker:
+class _ClosingWorker:
+    """A worker as a context manager: closed cleanly on success, killed when the block raises."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.close()
+        else:
+            self.kill()
+
+
+class Worker(_ClosingWorker):
     """One side of a comparison in a process of its own (``spawn``: no state shared with the parent or the other
     side, as for a user running it alone). ``call(method, *args)`` runs ``factory(*args).method(*args)`` there.
 
@@ -243,17 +262,9 @@ class Worker:
             self.process.kill()
             self.process.join(5)
 
-    def __enter__(self) -> Worker:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if exc[0] is None:
-            self.close()
-        else:
-            self.kill()
 
 
-class StdioWorker:
+class StdioWorker(_ClosingWorker):
     """One side in a process of another interpreter (``command``: e.g. a second venv's python running a script that
     calls ``serve_stdio``), spoken to in JSON lines over its stdin and stdout; arguments and answers are JSON. The
     same ``call`` as ``Worker``, and the same fast failure: the parent waits on the answer *and* on the process's
@@ -326,14 +337,6 @@ class StdioWorker:
             os.close(self._exited)
             self._exited = None
 
-    def __enter__(self) -> StdioWorker:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if exc[0] is None:
-            self.close()
-        else:
-            self.kill()
 
 
 def serve_stdio(factory: Callable[..., Any], *args: Any) -> None:
