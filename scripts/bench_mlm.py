@@ -459,7 +459,7 @@ def step_gaps(starts: list[float], warmup: int) -> list[float]:
 def start_workers(args, tok, blocks: torch.Tensor) -> dict[str, Worker]:
     workers: dict[str, Worker] = {}
     try:
-        for name in SIDES:
+        for name in args.sides:
             print(f"starting the {name} worker ...", flush=True)
             workers[name] = Worker(name, build_side, name, tok.to_str(), blocks, args.position, args.seed,
                                    args.log_every)
@@ -563,9 +563,16 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=300, help="time to quality: training seconds per side")
     ap.add_argument("--eval-every", type=int, default=25, help="time to quality: steps between evaluations")
     ap.add_argument("--matmul-seconds", type=float, default=0.5, help="length of each timing of the matmul rate")
+    ap.add_argument("--sides", default=",".join(SIDES),
+                    help=f"comma-separated sides to run, ptcli among them (default: all of {', '.join(SIDES)})")
     ap.add_argument("--out", type=Path, default=None,
                     help="result JSON (default scripts/results/bench/mlm.json, or mlm_ttq.json)")
     args = ap.parse_args()
+    args.sides = [name.strip() for name in args.sides.split(",") if name.strip()]
+    unknown = sorted(set(args.sides) - set(SIDES))
+    if unknown or "ptcli" not in args.sides:
+        ap.error(f"--sides {','.join(args.sides)}: choose ptcli and any of {', '.join(SIDES[1:])}"
+                 + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
     out_path = args.out or RESULTS / ("mlm_ttq.json" if args.time_to_quality else "mlm.json")
 
     header = result_header("mlm_ttq" if args.time_to_quality else "mlm")
@@ -606,7 +613,7 @@ def main() -> None:
                      "eps": EPS, "clip": CLIP, "optimizer": "torch.optim.AdamW(fused=True), decay on ndim >= 2",
                      "train_blocks": len(train_blocks), "val_blocks": len(val_blocks),
                      "val_masked_tokens": int((val[1] != -100).sum())},
-        "differences": DIFFERENCES,
+        "differences": {name: DIFFERENCES[name] for name in args.sides},
         "sides": {name: {"label": side_label(name, args.position, header["versions"]), **info[name],
                          "flops_per_token": flops[name]} for name in workers},
         "mask_share": mask_share, "query_share": query_share,
@@ -619,7 +626,7 @@ def main() -> None:
     print(f"model: hidden {DIM}, layers {LAYERS}, heads {HEADS}, MLP {FFN} (ModernBERT GeGLU {GEGLU}), seq {SEQ}, "
           f"batch {BATCH}, vocab {vocab}, ptcli positions {args.position}; masked share {mask_share:.3f}, ptcli "
           f"query share {query_share:.3f}")
-    for name, text in DIFFERENCES.items():
+    for name, text in result["differences"].items():
         print(f"  {name}: {text}")
     if args.time_to_quality:
         result.update(measured)
@@ -647,7 +654,7 @@ def report_throughput(args, result: dict[str, Any], measured: dict[str, Any], ra
     print("MFU: minimal training FLOPs per token (last block and vocabulary projection at masked positions only) x "
           "tokens/s / measured matmul rate; HW util: FLOPs the side executes / the same rate")
     ratios = {}
-    for other in ("hf_bert", "modernbert"):
+    for other in [name for name in result["sides"] if name != "ptcli"]:
         per_round = [a["tokens_per_s"] / b["tokens_per_s"]
                      for a, b in zip(measured["rounds"]["ptcli"], measured["rounds"][other], strict=True)]
         ratios[f"ptcli/{other}"] = {"per_round": per_round, "median": statistics.median(per_round)}

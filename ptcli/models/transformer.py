@@ -21,6 +21,7 @@ the final LayerNorm, the weight init and activation checkpointing. Each subclass
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,84 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
+           dropout_p: float) -> torch.Tensor:
+    """``F.scaled_dot_product_attention``; on CPU under a bf16 autocast, in fp32: torch 2.13's CPU flash-attention
+    kernel is about 3x slower forward+backward in bf16 than in fp32 at ptcli's head sizes (batch 32, 4 heads of
+    32, length 128: 38 ms vs 12 ms with the casts, measured on this project's AMX-capable 2-core CI machine)."""
+    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask,
+                                                 dropout_p=dropout_p)
+        return out.to(torch.get_autocast_dtype("cpu"))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+
+
+class LengthGroup(NamedTuple):
+    """Rows of a batch whose real lengths round up to the same ``width``, laid out ``[rows, width]`` for
+    attention: ``tokens`` (indices into the real tokens) go to ``slots`` (indices into ``rows * width``)."""
+
+    tokens: torch.Tensor
+    slots: torch.Tensor
+    rows: int
+    width: int
+    key_mask: torch.Tensor | None  # [rows, 1, 1, width] bool, True = a real key; None: every row is full
+
+
+class Unpadded:
+    """Where the real tokens of a padded ``[batch, length]`` batch are, and how attention groups them.
+
+    Padded batches run unpadded: embeddings, projections, LayerNorms and MLPs see the real tokens alone
+    (``[N, dim]``), as ModernBERT's unpadding does. Attention needs rows again: rows are grouped by their real
+    length rounded up to a power of two (at least 16, at most the batch's length), and each group is attended
+    at its own width, so a batch of short texts with one long one does not pay the long one's width on every
+    row (pydocs docstrings: 31% of a padded batch's positions are real). Each row's tokens sit at the start of
+    its slot row; positions (rotary, learned) are the original ones, so the function is the same at every real
+    position (tests/test_units.py)."""
+
+    def __init__(self, attention_mask: torch.Tensor, min_width: int = 16) -> None:
+        keep = attention_mask.bool()
+        self.batch, self.length = keep.shape
+        self.index = keep.reshape(-1).nonzero().squeeze(1)  # [N] flat positions of the real tokens, row-major
+        lengths = keep.sum(1)
+        row = self.index // self.length
+        rank = torch.arange(len(self.index), device=keep.device) - (lengths.cumsum(0) - lengths)[row]
+        pow2 = 2 ** torch.ceil(torch.log2(lengths.clamp(min=1).float())).long()
+        widths = pow2.clamp(min=min_width, max=self.length).masked_fill(lengths == 0, 0)
+        self.groups: list[LengthGroup] = []
+        for width in sorted(set(widths.tolist()) - {0}):
+            rows = (widths == width).nonzero().squeeze(1)
+            local = torch.full_like(widths, -1)
+            local[rows] = torch.arange(len(rows), device=keep.device)
+            tokens = (widths[row] == width).nonzero().squeeze(1)
+            slots = local[row[tokens]] * width + rank[tokens]
+            full = bool((lengths[rows] == width).all())
+            key_mask = None if full else (torch.arange(width, device=keep.device) < lengths[rows, None])[:, None, None]
+            self.groups.append(LengthGroup(tokens, slots, len(rows), width, key_mask))
+        self.inverse = torch.argsort(torch.cat([g.tokens for g in self.groups]))  # grouped order -> token order
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, ...]`` -> ``[batch, length, ...]``, zeros at padded positions (differentiable)."""
+        out = x.new_zeros(self.batch * self.length, *x.shape[1:]).index_copy(0, self.index, x)
+        return out.view(self.batch, self.length, *x.shape[1:])
+
+    def positions(self) -> torch.Tensor:
+        """Each real token's position in its row, ``[N]``."""
+        return self.index % self.length
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+        """Attention within each row over the real tokens: ``q, k, v [N, heads, hd]`` -> ``[N, heads * hd]``."""
+        qkv = torch.stack((q, k, v), 1)  # [N, 3, heads, hd]
+        outs = []
+        for g in self.groups:
+            slots = qkv.new_zeros(g.rows * g.width, *qkv.shape[1:])
+            slots = slots.index_copy(0, g.slots, qkv.index_select(0, g.tokens))
+            gq, gk, gv = slots.view(g.rows, g.width, *qkv.shape[1:]).permute(2, 0, 3, 1, 4)
+            y = attend(gq, gk, gv, g.key_mask, dropout_p)  # [rows, heads, width, hd]
+            outs.append(y.transpose(1, 2).reshape(g.rows * g.width, -1).index_select(0, g.slots))
+        return torch.cat(outs).index_select(0, self.inverse)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float, bias: bool) -> None:
         super().__init__()
@@ -67,9 +146,12 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None,
                 rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
-                picks: torch.Tensor | None = None) -> torch.Tensor:
+                picks: torch.Tensor | None = None, unpadded: Unpadded | None = None) -> torch.Tensor:
         """``[B, T, dim]``. With ``picks [B, L]`` (positions): queries there only, keys and values
-        everywhere, ``[B, L, dim]``."""
+        everywhere, ``[B, L, dim]``. With ``unpadded``: real tokens ``[N, dim]`` in and out (``rotary``: their
+        tables, ``[N, 1, head_dim / 2]``)."""
+        if unpadded is not None:
+            return self._unpadded(x, rotary, unpadded)
         b, t, d = x.shape
         hd = d // self.heads
         if picks is None:
@@ -84,9 +166,16 @@ class SelfAttention(nn.Module):
             cos, sin = rotary
             q_cos, q_sin = (cos, sin) if picks is None else (cos[picks][:, None], sin[picks][:, None])
             q, k = apply_rotary(q, q_cos, q_sin), apply_rotary(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = attend(q, k, v, attn_mask, self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(b, -1, d))
+
+    def _unpadded(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None,
+                  unpadded: Unpadded) -> torch.Tensor:
+        n, d = x.shape
+        q, k, v = self.qkv(x).view(n, 3, self.heads, d // self.heads).unbind(1)  # [N, heads, hd] each
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        return self.proj(unpadded.attend(q, k, v, self.dropout if self.training else 0.0))
 
 
 class Block(nn.Module):
@@ -100,8 +189,12 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None,
                 rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
-                only: torch.Tensor | None = None) -> torch.Tensor:
-        """``[B, T, dim]``; with ``only [B, T]`` bool, the output at those positions, ``[n, dim]`` row-major."""
+                only: torch.Tensor | None = None, unpadded: Unpadded | None = None) -> torch.Tensor:
+        """``[B, T, dim]``; with ``only [B, T]`` bool, the output at those positions, ``[n, dim]`` row-major.
+        With ``unpadded``: real tokens ``[N, dim]`` in and out (and no ``only``)."""
+        if unpadded is not None:
+            x = x + self.drop(self.attn(self.ln1(x), attn_mask, rotary, unpadded=unpadded))
+            return x + self.drop(self.mlp(self.ln2(x)))
         if only is None or not only.any():
             x = x + self.drop(self.attn(self.ln1(x), attn_mask, rotary))
             x = x + self.drop(self.mlp(self.ln2(x)))
@@ -157,17 +250,19 @@ class TransformerBody(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def run_blocks(self, x: torch.Tensor, mask: torch.Tensor | None,
-                   rotary: tuple[torch.Tensor, torch.Tensor] | None, only: torch.Tensor | None = None) -> torch.Tensor:
+                   rotary: tuple[torch.Tensor, torch.Tensor] | None, only: torch.Tensor | None = None,
+                   unpadded: Unpadded | None = None) -> torch.Tensor:
         """Embedded tokens ``x [B, T, dim]`` through the blocks and the final LayerNorm. ``rotary``: cos/sin
         tables ``[T, head_dim / 2]`` (or ``[B, 1, T, head_dim / 2]``: per-row positions). With ``only``
-        (``[B, T]`` bool): the output at those positions alone, ``[n, dim]`` row-major."""
+        (``[B, T]`` bool): the output at those positions alone, ``[n, dim]`` row-major. With ``unpadded``:
+        ``x`` is the real tokens, ``[N, dim]``, and so is the output (``rotary``: ``[N, 1, head_dim / 2]``)."""
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
             picked = only if i == len(self.blocks) - 1 else None
             if recompute:  # (dropout masks are replayed: checkpoint restores the RNG state for the recomputation)
-                x = checkpoint(block, x, mask, rotary, picked, use_reentrant=False)
+                x = checkpoint(block, x, mask, rotary, picked, unpadded, use_reentrant=False)
             else:
-                x = block(x, mask, rotary, only=picked)
+                x = block(x, mask, rotary, only=picked, unpadded=unpadded)
         return self.ln_f(x)
 
 
@@ -211,6 +306,8 @@ class TransformerEncoder(TransformerBody):
         t = input_ids.shape[1]
         if t > self.max_len:
             raise UsageError(f"sequence length {t} exceeds model.max_len={self.max_len}")
+        if attention_mask is not None and not bool(attention_mask.all()):
+            return self._forward_unpadded(input_ids, attention_mask, only)
         x = self.tok_emb(input_ids)
         rotary = None
         if self.pos_emb is not None:
@@ -221,3 +318,17 @@ class TransformerEncoder(TransformerBody):
         # SDPA boolean mask: True = may attend. None keeps the fast path for packed (unpadded) blocks.
         mask = attention_mask[:, None, None, :].bool() if attention_mask is not None else None
         return self.run_blocks(x, mask, rotary, only)
+
+    def _forward_unpadded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          only: torch.Tensor | None) -> torch.Tensor:
+        """A padded batch through the blocks at its real tokens only (``Unpadded``); zeros at padded positions.
+        ``only`` selects afterwards: the unpadded blocks already skip most of what it would."""
+        unpadded = Unpadded(attention_mask)
+        x = self.tok_emb(input_ids.reshape(-1).index_select(0, unpadded.index))
+        pos, rotary = unpadded.positions(), None
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(pos)
+        else:
+            rotary = (self.rope_cos[pos][:, None].to(x.dtype), self.rope_sin[pos][:, None].to(x.dtype))
+        hidden = unpadded.pad(self.run_blocks(self.drop(x), None, rotary, unpadded=unpadded))
+        return hidden if only is None else hidden[only]
