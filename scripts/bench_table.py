@@ -66,15 +66,16 @@ def mlm_ttq(data: dict[str, Any]) -> str:
 
 
 def side_by_side(data: dict[str, Any], what: str, unit: str, quality: str) -> str:
-    """Two sides (``ptcli`` first), each with per-round throughput in ``unit`` and a ``quality`` figure."""
+    """Sides (``ptcli`` first), each with per-round throughput in ``unit`` and a ``quality`` figure; a ratio row for
+    ptcli against each other side (``ratios`` when recorded, else from the per-round figures)."""
     sides = data["sides"]
     rounds = len(next(iter(sides.values()))["rounds"])
     header = [f"{what}, {machine_text(data)}", f"{unit} (median of {rounds} rounds)", quality.replace("_", " ")]
     rows = [[side["label"], f"{side['median']:,.0f}", f"{side[quality]:.3f}"] for side in sides.values()]
     names = list(sides)
-    if len(names) > 1:
-        per_round = [a / b for a, b in zip(sides[names[0]]["rounds"], sides[names[1]]["rounds"], strict=True)]
-        rows.append([f"ratio {names[0]}/{names[1]}",
+    for other in names[1:]:
+        per_round = [a / b for a, b in zip(sides[names[0]]["rounds"], sides[other]["rounds"], strict=True)]
+        rows.append([f"ratio {names[0]}/{other}",
                      f"**{statistics.median(per_round):.2f}** (rounds {rounds_text(per_round)})", ""])
     return table(header, rows)
 

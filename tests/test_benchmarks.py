@@ -86,12 +86,15 @@ def test_bench_simclr_lightly_side_tiny(cache_dir, tmp_path):
 def test_bench_finetune_tiny(cache_dir, tmp_path):
     require("accelerate", "the `bench` extra is not installed")  # the HF Trainer baseline
     result = tmp_path / "finetune.json"
+    # One HF side (the bf16 + eager one: the most settings apart from the shared ones) keeps it short.
     out = run_script("bench_finetune.py", "--rounds", "1", "--steps", "6", "--eval-every", "3", "--warmup", "1",
-                     "--out", str(result), cache_dir=cache_dir)
-    assert "ratio ptcli/hf_bert" in out
+                     "--hf-sides", "hf_bert_bf16", "--out", str(result), cache_dir=cache_dir)
+    assert "ratio ptcli/hf_bert_bf16" in out
     data = json.loads(result.read_text())
     assert data["settings"]["train_examples"] == 320  # 20 packages x 16 labels
-    assert data["sides"]["hf_bert"]["per_round"][0]["same_token_ids"]  # both sides saw the same token ids
+    assert data["settings"]["hf_variants"] == {"hf_bert_bf16": {"attn": "eager", "group_by_length": False,
+                                                                "bf16": True}}
+    assert data["sides"]["hf_bert_bf16"]["per_round"][0]["same_token_ids"]  # both sides saw the same token ids
     assert "BertForSequenceClassification" in render_table(result)
 
 
