@@ -73,11 +73,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.T
 
 
 class LengthGroup(NamedTuple):
-    """Rows of a batch whose real lengths round up to the same ``width``, laid out ``[rows, width]`` for
-    attention: ``tokens`` (indices into the real tokens) go to ``slots`` (indices into ``rows * width``)."""
+    """Rows of a batch whose real lengths round up to the same ``width``: attended together, ``[rows, width]``,
+    from slot ``start`` of the unpadded layout's slot buffer."""
 
-    tokens: torch.Tensor
-    slots: torch.Tensor
+    start: int
     rows: int
     width: int
     key_mask: torch.Tensor | None  # [rows, 1, 1, width] bool, True = a real key; None: every row is full
@@ -90,9 +89,9 @@ class Unpadded:
     (``[N, dim]``), as ModernBERT's unpadding does. Attention needs rows again: rows are grouped by their real
     length rounded up to a power of two (at least 16, at most the batch's length), and each group is attended
     at its own width, so a batch of short texts with one long one does not pay the long one's width on every
-    row (pydocs docstrings: 31% of a padded batch's positions are real). Each row's tokens sit at the start of
-    its slot row; positions (rotary, learned) are the original ones, so the function is the same at every real
-    position (tests/test_units.py)."""
+    row (pydocs docstrings: 31% of a padded batch's positions are real). Each token has a slot in one buffer
+    that holds every group's rows back to back (its row's tokens first, in order); positions (rotary, learned)
+    are the original ones, so the function is the same at every real position (tests/test_units.py)."""
 
     def __init__(self, attention_mask: torch.Tensor, min_width: int = 16) -> None:
         keep = attention_mask.bool()
@@ -103,17 +102,17 @@ class Unpadded:
         rank = torch.arange(len(self.index), device=keep.device) - (lengths.cumsum(0) - lengths)[row]
         pow2 = 2 ** torch.ceil(torch.log2(lengths.clamp(min=1).float())).long()
         widths = pow2.clamp(min=min_width, max=self.length).masked_fill(lengths == 0, 0)
+        row_start = torch.zeros_like(widths)  # each row's first slot
         self.groups: list[LengthGroup] = []
+        start = 0
         for width in sorted(set(widths.tolist()) - {0}):
             rows = (widths == width).nonzero().squeeze(1)
-            local = torch.full_like(widths, -1)
-            local[rows] = torch.arange(len(rows), device=keep.device)
-            tokens = (widths[row] == width).nonzero().squeeze(1)
-            slots = local[row[tokens]] * width + rank[tokens]
+            row_start[rows] = start + width * torch.arange(len(rows), device=keep.device)
             full = bool((lengths[rows] == width).all())
             key_mask = None if full else (torch.arange(width, device=keep.device) < lengths[rows, None])[:, None, None]
-            self.groups.append(LengthGroup(tokens, slots, len(rows), width, key_mask))
-        self.inverse = torch.argsort(torch.cat([g.tokens for g in self.groups]))  # grouped order -> token order
+            self.groups.append(LengthGroup(start, len(rows), width, key_mask))
+            start += len(rows) * width
+        self.slots, self.size = row_start[row] + rank, start  # [N]: each real token's slot
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """``[N, ...]`` -> ``[batch, length, ...]``, zeros at padded positions (differentiable)."""
@@ -124,17 +123,16 @@ class Unpadded:
         """Each real token's position in its row, ``[N]``."""
         return self.index % self.length
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
-        """Attention within each row over the real tokens: ``q, k, v [N, heads, hd]`` -> ``[N, heads * hd]``."""
-        qkv = torch.stack((q, k, v), 1)  # [N, 3, heads, hd]
+    def attend(self, qkv: torch.Tensor, dropout_p: float) -> torch.Tensor:
+        """Attention within each row over its real tokens: ``qkv [N, 3, heads, hd]`` -> ``[N, heads * hd]``."""
+        buf = qkv.new_zeros(self.size, *qkv.shape[1:]).index_copy(0, self.slots, qkv)
         outs = []
         for g in self.groups:
-            slots = qkv.new_zeros(g.rows * g.width, *qkv.shape[1:])
-            slots = slots.index_copy(0, g.slots, qkv.index_select(0, g.tokens))
-            gq, gk, gv = slots.view(g.rows, g.width, *qkv.shape[1:]).permute(2, 0, 3, 1, 4)
-            y = attend(gq, gk, gv, g.key_mask, dropout_p)  # [rows, heads, width, hd]
-            outs.append(y.transpose(1, 2).reshape(g.rows * g.width, -1).index_select(0, g.slots))
-        return torch.cat(outs).index_select(0, self.inverse)
+            part = buf[g.start : g.start + g.rows * g.width].view(g.rows, g.width, *qkv.shape[1:])
+            q, k, v = part.permute(2, 0, 3, 1, 4)
+            y = attend(q, k, v, g.key_mask, dropout_p)  # [rows, heads, width, hd]
+            outs.append(y.transpose(1, 2).reshape(g.rows * g.width, -1))
+        return torch.cat(outs).index_select(0, self.slots)
 
 
 class SelfAttention(nn.Module):
@@ -149,7 +147,7 @@ class SelfAttention(nn.Module):
                 picks: torch.Tensor | None = None, unpadded: Unpadded | None = None) -> torch.Tensor:
         """``[B, T, dim]``. With ``picks [B, L]`` (positions): queries there only, keys and values
         everywhere, ``[B, L, dim]``. With ``unpadded``: real tokens ``[N, dim]`` in and out (``rotary``: their
-        tables, ``[N, 1, head_dim / 2]``)."""
+        tables, ``[N, 1, 1, head_dim / 2]``)."""
         if unpadded is not None:
             return self._unpadded(x, rotary, unpadded)
         b, t, d = x.shape
@@ -172,10 +170,10 @@ class SelfAttention(nn.Module):
     def _unpadded(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None,
                   unpadded: Unpadded) -> torch.Tensor:
         n, d = x.shape
-        q, k, v = self.qkv(x).view(n, 3, self.heads, d // self.heads).unbind(1)  # [N, heads, hd] each
-        if rotary is not None:
-            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-        return self.proj(unpadded.attend(q, k, v, self.dropout if self.training else 0.0))
+        qkv = self.qkv(x).view(n, 3, self.heads, d // self.heads)
+        if rotary is not None:  # queries and keys in one go: [N, 2, heads, hd]
+            qkv = torch.cat([apply_rotary(qkv[:, :2], *rotary), qkv[:, 2:]], 1)
+        return self.proj(unpadded.attend(qkv, self.dropout if self.training else 0.0))
 
 
 class Block(nn.Module):
@@ -255,7 +253,7 @@ class TransformerBody(nn.Module):
         """Embedded tokens ``x [B, T, dim]`` through the blocks and the final LayerNorm. ``rotary``: cos/sin
         tables ``[T, head_dim / 2]`` (or ``[B, 1, T, head_dim / 2]``: per-row positions). With ``only``
         (``[B, T]`` bool): the output at those positions alone, ``[n, dim]`` row-major. With ``unpadded``:
-        ``x`` is the real tokens, ``[N, dim]``, and so is the output (``rotary``: ``[N, 1, head_dim / 2]``)."""
+        ``x`` is the real tokens, ``[N, dim]``, and so is the output (``rotary``: ``[N, 1, 1, head_dim / 2]``)."""
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
             picked = only if i == len(self.blocks) - 1 else None
@@ -329,6 +327,6 @@ class TransformerEncoder(TransformerBody):
         if self.pos_emb is not None:
             x = x + self.pos_emb(pos)
         else:
-            rotary = (self.rope_cos[pos][:, None].to(x.dtype), self.rope_sin[pos][:, None].to(x.dtype))
+            rotary = (self.rope_cos[pos][:, None, None].to(x.dtype), self.rope_sin[pos][:, None, None].to(x.dtype))
         hidden = unpadded.pad(self.run_blocks(self.drop(x), None, rotary, unpadded=unpadded))
         return hidden if only is None else hidden[only]
