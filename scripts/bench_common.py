@@ -100,15 +100,16 @@ def result_header(benchmark: str, packages: Sequence[str] = ("torch", "transform
 # -- the denominator -------------------------------------------------------------------------------------------------
 
 def matmul_rate_gflops(sizes: Sequence[int] = (512, 1024, 2048), seconds: float = 0.5,
-                       repeats: int = 3) -> dict[str, Any]:
-    """The best fp32 matmul rate this process reaches with its thread count: for each square size, ``repeats``
-    timings of ~``seconds`` each, and the best of all. Called "measured matmul rate", never "peak": it is what
-    torch's GEMM reaches here, not the hardware's data-sheet figure."""
+                       repeats: int = 3, dtype: str = "fp32") -> dict[str, Any]:
+    """The best matmul rate (``dtype`` fp32 or bf16) this process reaches with its thread count: for each square
+    size, ``repeats`` timings of ~``seconds`` each, and the best of all. Called "measured matmul rate", never
+    "peak": it is what torch's GEMM reaches here, not the hardware's data-sheet figure."""
     import torch
 
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     by_size: dict[str, float] = {}
     for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, dtype=torch_dtype), torch.randn(n, n, dtype=torch_dtype)
         t = time.perf_counter()
         a @ b  # warm-up, also sizes the timed loop
         reps = max(2, int(seconds / max(time.perf_counter() - t, 1e-6)))
@@ -119,7 +120,8 @@ def matmul_rate_gflops(sizes: Sequence[int] = (512, 1024, 2048), seconds: float 
                 a @ b
             best = max(best, 2 * n**3 * reps / (time.perf_counter() - t) / 1e9)
         by_size[str(n)] = round(best, 2)
-    return {"best": max(by_size.values()), "by_size": by_size, "seconds_per_timing": seconds, "repeats": repeats}
+    return {"best": max(by_size.values()), "by_size": by_size, "seconds_per_timing": seconds, "repeats": repeats,
+            "dtype": dtype}
 
 
 # -- results ---------------------------------------------------------------------------------------------------------

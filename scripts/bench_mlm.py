@@ -3,7 +3,9 @@ sparse prediction in a plain PyTorch loop.
 
 The three sides train the same size (hidden 256, 4 layers, 4 heads, MLP matmuls of a 1024-wide GELU MLP, sequence
 128, batch 32, a vocab-8192 WordPiece trained on pydocs) on the same packed pydocs blocks in the same order, with
-masking at rate 0.15 (80% [MASK], 10% random, 10% kept), fp32, dropout 0, and what a competent user of each would
+masking at rate 0.15 (80% [MASK], 10% random, 10% kept), fp32 (``--precision bf16``: every side under a bf16
+autocast, weights and optimizer in fp32, each transformers side with its fastest attention kernel in bf16:
+``ATTENTION``), dropout 0, and what a competent user of each would
 set: fused AdamW (lr 5e-4, betas 0.9/0.999, eps 1e-8, constant lr) with weight decay 0.01 on matrices only (not on
 biases, norms or other 1-d parameters; ptcli's ``build_adamw`` rule, applied to every side), gradient clipping 1.0,
 a fresh seed per round (data masks, shuffling), and the training loss read once every ``--log-every`` steps on every
@@ -39,7 +41,8 @@ Two figures, one definition each (per token x tokens/s / measured matmul rate):
              layer, head at masked positions; ptcli its last block's queries, attention and output projection at
              the masked positions padded to the widest row, MLP and head at masked positions.
 
-The denominator is the measured matmul rate: the best fp32 GEMM rate of several square sizes, with the same thread
+The denominator is the measured matmul rate: the best fp32 (bf16 with --precision bf16) GEMM rate of several
+square sizes, with the same thread
 count, before and after the run (the larger of the two); not a data-sheet peak.
 
 Modes:
@@ -87,16 +90,20 @@ GEGLU = round(2 * FFN / 3)  # ModernBERT's intermediate size: 3 x GEGLU x DIM ma
 LR, WD, BETAS, EPS, CLIP = 5e-4, 0.01, (0.9, 0.999), 1e-8, 1.0
 VAL_SEED = 1234
 SIDES = ("ptcli", "hf_bert", "modernbert")
+# The transformers sides' attention kernel per precision: each one's fastest here (measured in one process, fp32 /
+# bf16 tokens/s: BertForMaskedLM sdpa 4,237 / 5,234, eager 4,174 / 5,001; ModernBertForMaskedLM sdpa 6,076 / 7,715,
+# eager 6,385 / 10,736: torch's CPU sdpa kernel is slow in bf16). fp32 keeps sdpa on both, as the issue set it.
+ATTENTION = {"hf_bert": {"fp32": "sdpa", "bf16": "sdpa"}, "modernbert": {"fp32": "sdpa", "bf16": "eager"}}
 
 DIFFERENCES = {
     "ptcli": "pre-LN; no biases in blocks or their LayerNorms; no embedding LayerNorm; no token types; GELU MLP "
              f"{DIM}->{FFN}->{DIM}; rotary positions by default (learned: the BERT twin); head (dense+bias, GELU, "
              "LayerNorm, tied decoder+bias) at masked positions only; last block's queries, attention output and MLP "
              "at masked positions only (keys/values everywhere)",
-    "hf_bert": "BertForMaskedLM (sdpa) + Trainer: post-LN; biases everywhere; embedding LayerNorm; token-type "
+    "hf_bert": "BertForMaskedLM + Trainer: post-LN; biases everywhere; embedding LayerNorm; token-type "
                f"embeddings (type 0); GELU MLP {DIM}->{FFN}->{DIM}; learned absolute positions; head (dense, GELU, "
                "LayerNorm, tied decoder+bias) at every position",
-    "modernbert": "ModernBertForMaskedLM (sdpa, sparse_prediction, all layers global) + plain loop: pre-LN; no "
+    "modernbert": "ModernBertForMaskedLM (sparse_prediction, all layers global) + plain loop: pre-LN; no "
                   "biases except the decoder's; embedding LayerNorm; no token types; GeGLU MLP "
                   f"{DIM}->2x{GEGLU}, {GEGLU}->{DIM}; rotary positions (theta 160,000); head (dense, GELU, LayerNorm, "
                   "tied decoder+bias) at masked positions only; whole last layer at every position",
@@ -255,7 +262,8 @@ class PtcliSide(Side):
 
     name = "ptcli"
 
-    def __init__(self, tok_json: str, blocks: torch.Tensor, position: str, seed: int, log_every: int) -> None:
+    def __init__(self, tok_json: str, blocks: torch.Tensor, position: str, seed: int, log_every: int,
+                 precision: str) -> None:
         from omegaconf import OmegaConf
         from tokenizers import Tokenizer
 
@@ -279,7 +287,7 @@ class PtcliSide(Side):
         self.tmp = tempfile.mkdtemp(prefix="bench-ptcli-")
         self.run = RunDir.start(Path(self.tmp) / "run", OmegaConf.create({"seed": seed}), "pretrain", [])
         tcfg = OmegaConf.merge(OmegaConf.structured(TrainerConfig), {
-            "precision": "fp32", "grad_accum": 1, "batch_size": BATCH, "log_every": log_every,
+            "precision": precision, "grad_accum": 1, "batch_size": BATCH, "log_every": log_every,
             "eval_every": 10**9, "clip_grad": CLIP, "checkpoint_every": 0, "progress": "none", "max_steps": 1,
             "max_epochs": None, "keep_last": 1, "patience": None, "eval_batches": None})
         # The Trainer calls a model's after_step hook right after each optimizer step: the end of a step. (A plain
@@ -319,12 +327,12 @@ class HFSide(Side):
     """What the two transformers sides share: the tokenizer wrapped for transformers, its MLM data collator (masks
     as transformers' docs show), fused AdamW with ptcli's decay groups, a constant lr."""
 
-    def __init__(self, tok_json: str, blocks: torch.Tensor, seed: int, log_every: int) -> None:
+    def __init__(self, tok_json: str, blocks: torch.Tensor, seed: int, log_every: int, precision: str) -> None:
         from tokenizers import Tokenizer
         from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerFast
 
         super().__init__(blocks)
-        self.log_every = log_every
+        self.log_every, self.precision = log_every, precision
         self.hf_tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tok_json), unk_token="[UNK]",
                                               pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
                                               mask_token="[MASK]")
@@ -352,15 +360,16 @@ class HFBertSide(HFSide):
 
     name = "hf_bert"
 
-    def __init__(self, tok_json: str, blocks: torch.Tensor, position: str, seed: int, log_every: int) -> None:
+    def __init__(self, tok_json: str, blocks: torch.Tensor, position: str, seed: int, log_every: int,
+                 precision: str) -> None:
         # The Trainer needs accelerate: importing it here makes a missing one fail the worker at start.
         from transformers import BertConfig, BertForMaskedLM, Trainer  # noqa: F401
 
-        super().__init__(tok_json, blocks, seed, log_every)
+        super().__init__(tok_json, blocks, seed, log_every, precision)
         config = BertConfig(vocab_size=len(self.hf_tok), hidden_size=DIM, num_hidden_layers=LAYERS,
                             num_attention_heads=HEADS, intermediate_size=FFN, max_position_embeddings=SEQ,
                             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-        self.set_model(BertForMaskedLM._from_config(config, attn_implementation="sdpa"))
+        self.set_model(BertForMaskedLM._from_config(config, attn_implementation=ATTENTION["hf_bert"][precision]))
         self.tmp = tempfile.mkdtemp(prefix="bench-hf-")
 
     def train(self, offset: int, steps: int, seed: int) -> dict[str, Any]:
@@ -387,7 +396,7 @@ class HFBertSide(HFSide):
         args = TrainingArguments(output_dir=self.tmp, per_device_train_batch_size=BATCH, max_steps=steps,
                                  logging_steps=self.log_every, save_strategy="no", report_to=[], use_cpu=True,
                                  dataloader_num_workers=0, max_grad_norm=CLIP, disable_tqdm=True, seed=seed,
-                                 train_sampling_strategy="sequential")
+                                 train_sampling_strategy="sequential", bf16=self.precision == "bf16")
         trainer = Trainer(model=self.model, args=args, train_dataset=data, data_collator=self.collator,
                           optimizers=(self.opt, self.sched), callbacks=[Clock()])
         trainer.remove_callback(PrinterCallback)  # (with tqdm off it prints every log dict)
@@ -400,10 +409,11 @@ class ModernBertSide(HFSide):
 
     name = "modernbert"
 
-    def __init__(self, tok_json: str, blocks: torch.Tensor, position: str, seed: int, log_every: int) -> None:
+    def __init__(self, tok_json: str, blocks: torch.Tensor, position: str, seed: int, log_every: int,
+                 precision: str) -> None:
         from transformers import ModernBertConfig, ModernBertForMaskedLM
 
-        super().__init__(tok_json, blocks, seed, log_every)
+        super().__init__(tok_json, blocks, seed, log_every, precision)
         tok = self.hf_tok
         # layer_types is the installed release's key for what global_attn_every_n_layers=1 meant before it.
         config = ModernBertConfig(
@@ -413,7 +423,8 @@ class ModernBertSide(HFSide):
             sparse_prediction=True, pad_token_id=tok.pad_token_id, cls_token_id=tok.cls_token_id,
             sep_token_id=tok.sep_token_id, bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id)
         assert config.layer_types == ["full_attention"] * LAYERS and not config.attention_bias and not config.mlp_bias
-        self.set_model(ModernBertForMaskedLM._from_config(config, attn_implementation="sdpa"))
+        self.set_model(ModernBertForMaskedLM._from_config(config,
+                                                          attn_implementation=ATTENTION["modernbert"][precision]))
 
     def train(self, offset: int, steps: int, seed: int) -> dict[str, Any]:
         torch.manual_seed(seed)  # the collator's masks
@@ -425,10 +436,12 @@ class ModernBertSide(HFSide):
         running, n = torch.zeros(()), 0
         end = 0.0
         batches = iter(loader)
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16")
         for _ in range(steps):
             starts.append(time.perf_counter())
             batch = next(batches)
-            loss = model(**batch).loss
+            with autocast:
+                loss = model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
             opt.step()
@@ -462,7 +475,7 @@ def start_workers(args, tok, blocks: torch.Tensor) -> dict[str, Worker]:
         for name in args.sides:
             print(f"starting the {name} worker ...", flush=True)
             workers[name] = Worker(name, build_side, name, tok.to_str(), blocks, args.position, args.seed,
-                                   args.log_every)
+                                   args.log_every, args.precision)
     except BaseException:
         for w in workers.values():
             w.kill()
@@ -540,11 +553,12 @@ def time_to_quality(args, workers: dict[str, Worker], val: tuple[torch.Tensor, t
             "slowest": slowest, "target_val_loss": target, "seconds_to_target": reach}
 
 
-def side_label(name: str, position: str, versions: dict[str, Any]) -> str:
+def side_label(name: str, position: str, versions: dict[str, Any], precision: str) -> str:
     hf = f"transformers {versions.get('transformers')}"
+    attn = {side: kernels[precision] for side, kernels in ATTENTION.items()}
     return {"ptcli": f"ptcli `TransformerEncoder` ({position} positions) + `MaskedLM`, its `Trainer`",
-            "hf_bert": f"{hf} `BertForMaskedLM` (sdpa) + `Trainer`",
-            "modernbert": f"{hf} `ModernBertForMaskedLM` (sdpa, sparse prediction) + plain loop"}[name]
+            "hf_bert": f"{hf} `BertForMaskedLM` ({attn['hf_bert']}) + `Trainer`",
+            "modernbert": f"{hf} `ModernBertForMaskedLM` ({attn['modernbert']}, sparse prediction) + plain loop"}[name]
 
 
 def main() -> None:
@@ -563,6 +577,9 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=300, help="time to quality: training seconds per side")
     ap.add_argument("--eval-every", type=int, default=25, help="time to quality: steps between evaluations")
     ap.add_argument("--matmul-seconds", type=float, default=0.5, help="length of each timing of the matmul rate")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="every side's compute precision: bf16 = autocast (ptcli trainer.precision=bf16, the HF "
+                         "Trainer's bf16=True, torch.autocast in the plain loop); weights and optimizer stay fp32")
     ap.add_argument("--sides", default=",".join(SIDES),
                     help=f"comma-separated sides to run, ptcli among them (default: all of {', '.join(SIDES)})")
     ap.add_argument("--out", type=Path, default=None,
@@ -573,7 +590,8 @@ def main() -> None:
     if unknown or "ptcli" not in args.sides:
         ap.error(f"--sides {','.join(args.sides)}: choose ptcli and any of {', '.join(SIDES[1:])}"
                  + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
-    out_path = args.out or RESULTS / ("mlm_ttq.json" if args.time_to_quality else "mlm.json")
+    suffix = "" if args.precision == "fp32" else f"_{args.precision}"
+    out_path = args.out or RESULTS / (f"mlm_ttq{suffix}.json" if args.time_to_quality else f"mlm{suffix}.json")
 
     header = result_header("mlm_ttq" if args.time_to_quality else "mlm")
     tok, train_blocks, val_blocks = load_data(args.val_blocks)
@@ -582,7 +600,7 @@ def main() -> None:
     blocks = train_blocks[torch.randperm(len(train_blocks), generator=torch.Generator().manual_seed(args.seed))]
     val = mask_blocks(tok, val_blocks, VAL_SEED)
     mask_share, query_share = mask_shares(tok, blocks)
-    rate_before = matmul_rate_gflops(seconds=args.matmul_seconds)
+    rate_before = matmul_rate_gflops(seconds=args.matmul_seconds, dtype=args.precision)
     workers = start_workers(args, tok, blocks)
     try:
         info = {name: w.call("info") for name, w in workers.items()}
@@ -591,7 +609,7 @@ def main() -> None:
     finally:
         for w in workers.values():
             w.close()
-    rate_after = matmul_rate_gflops(seconds=args.matmul_seconds)
+    rate_after = matmul_rate_gflops(seconds=args.matmul_seconds, dtype=args.precision)
     rate = max(rate_before["best"], rate_after["best"])
 
     flops: dict[str, dict[str, float]] = {}
@@ -614,14 +632,14 @@ def main() -> None:
                      "train_blocks": len(train_blocks), "val_blocks": len(val_blocks),
                      "val_masked_tokens": int((val[1] != -100).sum())},
         "differences": {name: DIFFERENCES[name] for name in args.sides},
-        "sides": {name: {"label": side_label(name, args.position, header["versions"]), **info[name],
+        "sides": {name: {"label": side_label(name, args.position, header["versions"], args.precision), **info[name],
                          "flops_per_token": flops[name]} for name in workers},
         "mask_share": mask_share, "query_share": query_share,
         "matmul_rate_gflops": {"before": rate_before, "after": rate_after, "used": rate},
     }
     print()
     print(f"machine: {header['machine']['cpu']}, {header['machine']['usable_cpus']} CPUs, torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads; measured matmul rate (fp32) "
+          f"{torch.__version__}, {torch.get_num_threads()} threads; measured matmul rate ({args.precision}) "
           f"{rate_before['best']:.1f} / {rate_after['best']:.1f} GFLOP/s before / after")
     print(f"model: hidden {DIM}, layers {LAYERS}, heads {HEADS}, MLP {FFN} (ModernBERT GeGLU {GEGLU}), seq {SEQ}, "
           f"batch {BATCH}, vocab {vocab}, ptcli positions {args.position}; masked share {mask_share:.3f}, ptcli "

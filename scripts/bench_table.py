@@ -39,7 +39,8 @@ def mlm(data: dict[str, Any]) -> str:
     rounds = len(next(iter(data["sides"].values()))["rounds"])
     tokens = s["rounds"] * s["steps"] * s["batch"] * s["seq"]
     header = [f"MLM, hidden {s['dim']} / {s['layers']} layers / seq {s['seq']} / batch {s['batch']} / vocab "
-              f"{s['vocab']}, fp32, {machine_text(data)}, measured matmul rate {rate:.0f} GFLOP/s",
+              f"{s['vocab']}, {s.get('precision', 'fp32')}, {machine_text(data)}, measured matmul rate "
+              f"{rate:.0f} GFLOP/s",
               f"tokens/s (median of {rounds} rounds)", "MFU", "HW util", f"val loss after {tokens:,} tokens",
               "peak RSS"]
     rows = [[side["label"], f"{side['median_tokens_per_s']:,.0f}", f"{side['mfu']:.1%}", f"{side['hw_util']:.1%}",
