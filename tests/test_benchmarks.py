@@ -34,16 +34,20 @@ def run_script(name: str, *args: str, cache_dir: Path) -> str:
 def test_bench_mlm_tiny(cache_dir, tmp_path):
     require("accelerate", "the `bench` extra is not installed")  # the HF Trainer baseline
     result = tmp_path / "mlm.json"  # not scripts/results/bench/: tests/test_bench_results.py checks what lies there
-    out = run_script("bench_mlm.py", "--rounds", "1", "--steps", "4", "--warmup", "1", "--log-every", "2",
-                     "--val-blocks", "32", "--matmul-seconds", "0.05", "--out", str(result), cache_dir=cache_dir)
+    # bf16 here (every side under an autocast: the branch with more settings); the time-to-quality test runs fp32.
+    out = run_script("bench_mlm.py", "--precision", "bf16", "--rounds", "1", "--steps", "4", "--warmup", "1",
+                     "--log-every", "2", "--val-blocks", "32", "--matmul-seconds", "0.05", "--out", str(result),
+                     cache_dir=cache_dir)
     assert "ptcli" in out and "ratio ptcli/modernbert" in out and "MFU" in out and "HW util" in out
     data = json.loads(result.read_text())
     assert set(data["sides"]) == {"ptcli", "hf_bert", "modernbert"} and data["machine"]["cpu_count"] >= 1
+    assert data["settings"]["precision"] == "bf16" and data["matmul_rate_gflops"]["before"]["dtype"] == "bf16"
+    assert "ModernBertForMaskedLM` (eager" in data["sides"]["modernbert"]["label"]
     for side in data["sides"].values():  # the FLOP formulas' weight matmuls = what torch's FLOP counter saw
         flops = side["flops_per_token"]
         assert flops["check_counted"] == pytest.approx(flops["check_formula_matmuls"], rel=0.01)
     table = render_table(result)
-    assert "| ratio ptcli/hf_bert | **" in table and "ModernBertForMaskedLM" in table
+    assert "| ratio ptcli/hf_bert | **" in table and "ModernBertForMaskedLM" in table and ", bf16, " in table
 
 
 def test_bench_mlm_time_to_quality_tiny(cache_dir, tmp_path):
