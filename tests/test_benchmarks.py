@@ -103,7 +103,8 @@ def test_bench_finetune_tiny(cache_dir, tmp_path):
 
 
 def test_bench_tokenize(cache_dir):
-    out = run_script("bench_tokenize.py", "--vocab", "1000", "--docs", "500", cache_dir=cache_dir)
+    out = run_script("bench_tokenize.py", "--vocab", "1000", "--docs", "500", "--corpus-cache",
+                     str(cache_dir / "ptcli"), cache_dir=cache_dir)
     assert "encode_batch" in out and "tokens/s" in out
 
 
