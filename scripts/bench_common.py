@@ -209,14 +209,20 @@ class Worker(_ClosingWorker):
     A dead worker is noticed at once: the parent waits on the pipe *and* the process's sentinel, so a worker killed
     by SIGKILL, crashed, or exited mid-call raises ``WorkerError`` naming the side instead of blocking forever."""
 
-    def __init__(self, name: str, factory: Callable[..., Any], *args: Any, start_timeout: float | None = None) -> None:
+    def __init__(self, name: str, factory: Callable[..., Any], *args: Any, start_timeout: float | None = None,
+                 wait: bool = True) -> None:
         self.name = name
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_serve, args=(child, factory, args), name=f"bench-{name}", daemon=True)
         self.process.start()
         child.close()  # else the parent's copy keeps the pipe open and a dead worker never reads as EOF
-        self._receive("starting", start_timeout)
+        if wait:
+            self.ready(start_timeout)
+
+    def ready(self, timeout: float | None = None) -> None:
+        """Wait until the side is built (``wait=False`` starts several workers at once, before anything is timed)."""
+        self._receive("starting", timeout)
 
     def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         try:

@@ -473,10 +473,13 @@ def step_gaps(starts: list[float], warmup: int) -> list[float]:
 def start_workers(args, tok, blocks: torch.Tensor) -> dict[str, Worker]:
     workers: dict[str, Worker] = {}
     try:
+        # All at once (nothing is timed yet): the imports and model builds overlap.
+        print(f"starting the {', '.join(args.sides)} workers ...", flush=True)
         for name in args.sides:
-            print(f"starting the {name} worker ...", flush=True)
             workers[name] = Worker(name, build_side, name, tok.to_str(), blocks, args.position, args.seed,
-                                   args.log_every, args.precision)
+                                   args.log_every, args.precision, wait=False)
+        for w in workers.values():
+            w.ready()
     except BaseException:
         for w in workers.values():
             w.kill()
