@@ -117,6 +117,27 @@ def test_activation_checkpointing_same_gradients_less_memory():
     assert peak_ckpt < 0.6 * peak_plain, (peak_ckpt, peak_plain)
 
 
+def test_activation_checkpointing_of_a_padded_batch_same_gradients():
+    """Padded batches run unpadded (``Unpadded``: real tokens only, attention grouped by row length); checkpointing
+    recomputes those blocks with the same dropout masks: the same gradients."""
+    from ptcli.models.transformer import TransformerEncoder
+
+    torch.manual_seed(0)
+    encoder = TransformerEncoder(500, dim=64, heads=4, layers=3, ffn_dim=128, dropout=0.1).train()
+    ids = torch.randint(0, 500, (6, 64))
+    mask = (torch.arange(64) < torch.tensor([5, 64, 20, 33, 9, 40])[:, None]).long()
+    grads = []
+    for checkpointing in (False, True):
+        encoder.zero_grad(set_to_none=True)
+        encoder.set_activation_checkpointing(checkpointing)
+        torch.manual_seed(1)  # the same dropout masks in both runs
+        encoder(ids, mask)[mask.bool()].square().mean().backward()
+        grads.append([p.grad.clone() for p in encoder.parameters()])
+    for a, b in zip(*grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+    assert any(g.abs().sum() > 0 for g in grads[0])
+
+
 def test_activation_checkpointing_of_a_transformers_encoder_same_gradients():
     from ptcli.models.hf import HFEncoder
 
