@@ -13,6 +13,9 @@ at mask rate 0.15 -- the encoder-side counterpart of projecting onto the vocabul
 activations are recomputed during backward instead of kept (``torch.utils.checkpoint``, non-reentrant, so it
 composes with DDP, FSDP2 and ``only=``), trading about one more forward pass for memory.
 
+A padded batch (an ``attention_mask`` with zeros) runs unpadded (``Unpadded``): everything but attention at
+its real tokens only, attention grouped by row length; the same function at every real token, zeros at padding.
+
 ``TransformerBody`` is what the text encoder and ``model=vit`` (ptcli/models/vit.py) share: the block stack,
 the final LayerNorm, the weight init and activation checkpointing. Each subclass brings its own embedding
 (tokens, image patches) and positions (1-D or 2-D rotary tables fed to the same blocks).
@@ -190,11 +193,8 @@ class Block(nn.Module):
                 only: torch.Tensor | None = None, unpadded: Unpadded | None = None) -> torch.Tensor:
         """``[B, T, dim]``; with ``only [B, T]`` bool, the output at those positions, ``[n, dim]`` row-major.
         With ``unpadded``: real tokens ``[N, dim]`` in and out (and no ``only``)."""
-        if unpadded is not None:
-            x = x + self.drop(self.attn(self.ln1(x), attn_mask, rotary, unpadded=unpadded))
-            return x + self.drop(self.mlp(self.ln2(x)))
         if only is None or not only.any():
-            x = x + self.drop(self.attn(self.ln1(x), attn_mask, rotary))
+            x = x + self.drop(self.attn(self.ln1(x), attn_mask, rotary, unpadded=unpadded))
             x = x + self.drop(self.mlp(self.ln2(x)))
             return x if only is None else x[only]
         counts = only.sum(1)
@@ -313,9 +313,7 @@ class TransformerEncoder(TransformerBody):
         else:
             rotary = (self.rope_cos[:t].to(x.dtype), self.rope_sin[:t].to(x.dtype))
         x = self.drop(x)
-        # SDPA boolean mask: True = may attend. None keeps the fast path for packed (unpadded) blocks.
-        mask = attention_mask[:, None, None, :].bool() if attention_mask is not None else None
-        return self.run_blocks(x, mask, rotary, only)
+        return self.run_blocks(x, None, rotary, only)  # no padding here (packed blocks, or a mask of ones)
 
     def _forward_unpadded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                           only: torch.Tensor | None) -> torch.Tensor:
