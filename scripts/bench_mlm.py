@@ -90,10 +90,11 @@ GEGLU = round(2 * FFN / 3)  # ModernBERT's intermediate size: 3 x GEGLU x DIM ma
 LR, WD, BETAS, EPS, CLIP = 5e-4, 0.01, (0.9, 0.999), 1e-8, 1.0
 VAL_SEED = 1234
 SIDES = ("ptcli", "hf_bert", "modernbert")
-# The transformers sides' attention kernel per precision: each one's fastest here (measured in one process, fp32 /
-# bf16 tokens/s: BertForMaskedLM sdpa 4,237 / 5,234, eager 4,174 / 5,001; ModernBertForMaskedLM sdpa 6,076 / 7,715,
-# eager 6,385 / 10,736: torch's CPU sdpa kernel is slow in bf16). fp32 keeps sdpa on both, as the issue set it.
-ATTENTION = {"hf_bert": {"fp32": "sdpa", "bf16": "sdpa"}, "modernbert": {"fp32": "sdpa", "bf16": "eager"}}
+# The transformers sides' attention kernel per precision: each one's fastest here (scripts/bench_kernels.py, raw
+# scripts/results/bench/kernels.txt, tokens/s fp32 / bf16: BertForMaskedLM sdpa 5,589 / 8,772, eager 5,741 / 10,856;
+# ModernBertForMaskedLM sdpa 9,088 / 13,104, eager 8,399 / 16,712: torch's CPU sdpa kernel is slow in bf16).
+# fp32 keeps sdpa on both, as the issue set it (BERT's eager is within 3% there).
+ATTENTION = {"hf_bert": {"fp32": "sdpa", "bf16": "eager"}, "modernbert": {"fp32": "sdpa", "bf16": "eager"}}
 
 DIFFERENCES = {
     "ptcli": "pre-LN; no biases in blocks or their LayerNorms; no embedding LayerNorm; no token types; GELU MLP "

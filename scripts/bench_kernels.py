@@ -1,0 +1,269 @@
+"""Kernel-level choices behind ptcli's transformer and the benchmarks' peer settings, timed in one process with the
+variants alternating (so that the machine's drift is shared). Its output is the raw record of the figures that
+ptcli/models/transformer.py, scripts/bench_mlm.py (``ATTENTION``), scripts/bench_finetune.py and the README quote
+for these choices: scripts/results/bench/kernels.txt.
+
+    attention   CPU SDPA forward + backward, batch 32, 4 heads of 32, length 128, a padding mask: fp32, bf16, and
+                bf16 through ptcli's ``attend`` (which computes in fp32 under a CPU bf16 autocast).
+    finetune    one classifier training step (fused AdamW, clipping) on random batches of 32 pydocs docstrings
+                (WordPiece 2000 trained on them, max length 128), model dim 128 / 4 layers / 4 heads / MLP 512: ptcli
+                padded (every position through every block) vs ptcli unpadded (what it runs), fp32 and bf16;
+                BertForSequenceClassification sdpa/eager x fp32/bf16, on random and on length-sorted batches.
+    mlm         one MLM training step at bench_mlm.py's size (dim 256, 4 layers, seq 128, batch 32, vocab 8192,
+                15% masked), tokens/s: ptcli, BertForMaskedLM and ModernBertForMaskedLM (sparse prediction), each
+                transformers model with sdpa and eager attention, fp32 and bf16 autocast; and ptcli's rotary
+                positions as written vs an ``addcmul`` form.
+
+    python scripts/bench_kernels.py [--rounds 3] [--only attention,finetune,mlm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+
+def timed(fn: Callable[[], object], reps: int) -> float:
+    """Median seconds of ``reps`` calls after one untimed call."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def alternate(variants: dict[str, Callable[[], object]], rounds: int, reps: int) -> dict[str, list[float]]:
+    """Each variant's median step seconds per round, the order rotating every round."""
+    out: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            out[name].append(timed(variants[name], reps))
+    return out
+
+
+def report(title: str, results: dict[str, list[float]], unit: Callable[[float], str]) -> None:
+    print(f"\n{title}")
+    for name, per_round in results.items():
+        rounds = ", ".join(unit(s) for s in per_round)
+        print(f"  {name:<40} median {unit(statistics.median(per_round)):>12}   rounds {rounds}")
+
+
+def train_step(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor], bf16: bool) -> Callable[[], None]:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+    def step() -> None:
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with ctx:
+            loss = loss_fn()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def bench_attention(rounds: int) -> None:
+    from ptcli.models.transformer import attend
+
+    torch.manual_seed(0)
+    lengths = torch.randint(64, 129, (32,))
+    mask = (torch.arange(128) < lengths[:, None])[:, None, None, :]
+
+    def case(dtype: torch.dtype, through_attend: bool) -> Callable[[], None]:
+        q, k, v = (torch.randn(32, 4, 128, 32, dtype=dtype, requires_grad=True) for _ in range(3))
+
+        def run() -> None:
+            if through_attend:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    y = attend(q, k, v, mask, 0.0)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y.float().sum().backward()
+
+        return run
+
+    results = alternate({"sdpa fp32": case(torch.float32, False), "sdpa bf16": case(torch.bfloat16, False),
+                         "ptcli attend, bf16 in, fp32 inside": case(torch.bfloat16, True)}, rounds, 10)
+    report("attention forward+backward, [32, 4, 128, 32], padding mask", results, lambda s: f"{s * 1e3:.1f} ms")
+
+
+def pydocs_lengths() -> list[list[int]]:
+    from omegaconf import OmegaConf
+
+    from ptcli.data.sources import Pydocs
+    from ptcli.tokenizer import build_tokenizer
+
+    train = Pydocs(label="package", num_labels=20).load()["train"]
+    train = train.filter(lambda b: [v is not None for v in b["label"]], batched=True)
+    tok = build_tokenizer(OmegaConf.create({"path": None, "kind": "wordpiece", "vocab_size": 2000,
+                                            "lowercase": True, "min_frequency": 2}), train)
+    return [[1, *e.ids[:126], 2] for e in tok.encode_batch(list(train["text"]), add_special_tokens=False)]
+
+
+def bench_finetune(rounds: int) -> None:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from ptcli.data.text import pad_batch
+    from ptcli.models.classifier import SequenceClassifier, masked_mean
+    from ptcli.models.transformer import TransformerEncoder
+
+    seqs = pydocs_lengths()
+    gen = torch.Generator().manual_seed(0)
+    by_length = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    random_batches = [pad_batch([seqs[i] for i in torch.randperm(len(seqs), generator=gen)[:32].tolist()], 0)
+                      for _ in range(8)]
+    sorted_batches = [pad_batch([seqs[i] for i in by_length[s : s + 32]], 0)
+                      for s in torch.randint(0, len(seqs) - 32, (8,), generator=gen).tolist()]
+    real = statistics.fmean(float(m.float().mean()) for _, m in random_batches)
+    print(f"\nfine-tuning batches: {len(seqs)} pydocs docstrings, real share of a random batch's positions {real:.2f}")
+    y = torch.randint(0, 20, (32,))
+
+    def cycling(batches: list) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+        state = {"i": 0}
+
+        def take() -> tuple[torch.Tensor, torch.Tensor]:
+            state["i"] += 1
+            return batches[state["i"] % len(batches)]
+
+        return take
+
+    def ptcli_step(padded: bool, bf16: bool) -> Callable[[], None]:
+        torch.manual_seed(0)
+        model = SequenceClassifier(TransformerEncoder(2000), 20)
+        take = cycling(random_batches)
+
+        def loss() -> torch.Tensor:
+            ids, mask = take()
+            if padded:  # every position through every block, padding masked as keys (ptcli before unpadding)
+                enc, t = model.encoder, ids.shape[1]
+                hidden = enc.run_blocks(enc.tok_emb(ids), mask[:, None, None, :].bool(),
+                                        (enc.rope_cos[:t], enc.rope_sin[:t]))
+                logits = model.head(masked_mean(hidden, mask))
+            else:
+                logits = model(ids, mask)
+            return F.cross_entropy(logits.float(), y)
+
+        return train_step(model, loss, bf16)
+
+    def bert_step(attn: str, bf16: bool, batches: list) -> Callable[[], None]:
+        torch.manual_seed(0)
+        config = BertConfig(vocab_size=2000, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                            intermediate_size=512, max_position_embeddings=128, hidden_dropout_prob=0.0,
+                            attention_probs_dropout_prob=0.0, classifier_dropout=0.1, num_labels=20)
+        model = BertForSequenceClassification._from_config(config, attn_implementation=attn)
+        take = cycling(batches)
+
+        def loss() -> torch.Tensor:
+            ids, mask = take()
+            return F.cross_entropy(model(input_ids=ids, attention_mask=mask).logits.float(), y)
+
+        return train_step(model, loss, bf16)
+
+    variants = {"ptcli padded fp32": ptcli_step(True, False), "ptcli unpadded fp32": ptcli_step(False, False),
+                "ptcli unpadded bf16": ptcli_step(False, True)}
+    for attn in ("sdpa", "eager"):
+        for bf16 in (False, True):
+            variants[f"BERT {attn} {'bf16' if bf16 else 'fp32'}"] = bert_step(attn, bf16, random_batches)
+    variants["BERT sdpa fp32, length-sorted batches"] = bert_step("sdpa", False, sorted_batches)
+    report("fine-tuning step (random batches unless noted)", alternate(variants, rounds, 8),
+           lambda s: f"{s * 1e3:.0f} ms")
+
+
+def bench_mlm(rounds: int) -> None:
+    from transformers import BertConfig, BertForMaskedLM, ModernBertConfig, ModernBertForMaskedLM
+
+    import ptcli.models.transformer as transformer
+    from ptcli.objectives.mlm import MaskedLM
+
+    vocab, batch, seq = 8192, 32, 128
+    torch.manual_seed(0)
+    blocks = torch.randint(5, vocab, (batch, seq))
+    chosen = torch.rand(batch, seq) < 0.15
+    labels = torch.where(chosen, blocks, torch.full_like(blocks, -100))
+    inputs = torch.where(chosen, torch.full_like(blocks, 4), blocks)
+
+    def ptcli_step(bf16: bool) -> Callable[[], None]:
+        torch.manual_seed(0)
+        model = MaskedLM(transformer.TransformerEncoder(vocab, dim=256, layers=4, heads=4, ffn_dim=1024, max_len=seq),
+                         special_ids=[0, 1, 2, 3, 4], mask_id=4, mask_rate=0.15)
+        return train_step(model, lambda: model(inputs, labels)["loss"], bf16)
+
+    def hf_step(kind: str, attn: str, bf16: bool) -> Callable[[], None]:
+        torch.manual_seed(0)
+        if kind == "BERT":
+            config = BertConfig(vocab_size=vocab, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                                intermediate_size=1024, max_position_embeddings=seq, hidden_dropout_prob=0.0,
+                                attention_probs_dropout_prob=0.0)
+            model = BertForMaskedLM._from_config(config, attn_implementation=attn)
+        else:
+            config = ModernBertConfig(vocab_size=vocab, hidden_size=256, intermediate_size=683, num_hidden_layers=4,
+                                      num_attention_heads=4, max_position_embeddings=seq,
+                                      layer_types=["full_attention"] * 4, attention_dropout=0.0,
+                                      embedding_dropout=0.0, mlp_dropout=0.0, sparse_prediction=True, pad_token_id=0,
+                                      bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
+            model = ModernBertForMaskedLM._from_config(config, attn_implementation=attn)
+        return train_step(model, lambda: model(input_ids=inputs, labels=labels).loss, bf16)
+
+    tokens = batch * seq
+    for bf16 in (False, True):
+        name = "bf16" if bf16 else "fp32"
+        variants = {f"ptcli {name}": ptcli_step(bf16)}
+        for kind in ("BERT", "ModernBERT"):
+            for attn in ("sdpa", "eager"):
+                variants[f"{kind} {attn} {name}"] = hf_step(kind, attn, bf16)
+        report(f"MLM training step, {name}", alternate(variants, rounds, 5), lambda s: f"{tokens / s:,.0f} tok/s")
+
+    written = transformer.apply_rotary
+
+    def rotary_addcmul(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat([torch.addcmul(x1 * cos, x2, sin, value=-1), torch.addcmul(x2 * cos, x1, sin)], dim=-1)
+
+    step = ptcli_step(False)
+
+    def with_rotary(fn: Callable[..., torch.Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            transformer.apply_rotary = fn
+            try:
+                step()
+            finally:
+                transformer.apply_rotary = written
+
+        return run
+
+    report("ptcli MLM step, fp32: rotary positions", alternate(
+        {"as written (mul, sub, add, cat)": with_rotary(written), "addcmul form": with_rotary(rotary_addcmul)},
+        rounds, 5), lambda s: f"{s * 1e3:.0f} ms")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", default="attention,finetune,mlm")
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+    benches = {"attention": bench_attention, "finetune": bench_finetune, "mlm": bench_mlm}
+    for name in args.only.split(","):
+        benches[name.strip()](args.rounds)
+
+
+if __name__ == "__main__":
+    main()
