@@ -3,18 +3,21 @@ variants alternating (so that the machine's drift is shared). Its output is the 
 ptcli/models/transformer.py, scripts/bench_mlm.py (``ATTENTION``), scripts/bench_finetune.py and the README quote
 for these choices: scripts/results/bench/kernels.txt.
 
-    attention   CPU SDPA forward + backward, batch 32, 4 heads of 32, length 128, a padding mask: fp32, bf16, and
-                bf16 through ptcli's ``attend`` (which computes in fp32 under a CPU bf16 autocast).
+    attention   attention forward + backward, batch 32, 4 heads of 32 (fine-tuning's size) and of 64 (the MLM
+                benchmark's), length 128, a padding mask: SDPA in fp32 and bf16, SDPA on bf16 inputs computed in
+                fp32, the written-out form in fp32, and ptcli's ``attend`` under a CPU bf16 autocast (written out,
+                in bf16).
     finetune    one classifier training step (fused AdamW, clipping) on random batches of 32 pydocs docstrings
                 (WordPiece 2000 trained on them, max length 128), model dim 128 / 4 layers / 4 heads / MLP 512: ptcli
                 padded (every position through every block) vs ptcli unpadded (what it runs), fp32 and bf16;
                 BertForSequenceClassification sdpa/eager x fp32/bf16, on random and on length-sorted batches.
     mlm         one MLM training step at bench_mlm.py's size (dim 256, 4 layers, seq 128, batch 32, vocab 8192,
                 15% masked), tokens/s: ptcli, BertForMaskedLM and ModernBertForMaskedLM (sparse prediction), each
-                transformers model with sdpa and eager attention, fp32 and bf16 autocast; and ptcli's rotary
-                positions as written vs an ``addcmul`` form.
+                transformers model with sdpa and eager attention, fp32 and bf16 autocast.
+    rotary      ptcli's MLM step (as above) with its rotary positions written out (autograd through mul, sub, add,
+                cat), in an ``addcmul`` form, and as ``Rotary`` (one autograd function: what ptcli runs), fp32/bf16.
 
-    python scripts/bench_kernels.py [--rounds 3] [--only attention,finetune,mlm]
+    python scripts/bench_kernels.py [--rounds 3] [--only attention,finetune,mlm,rotary]
 """
 
 from __future__ import annotations
@@ -87,22 +90,37 @@ def bench_attention(rounds: int) -> None:
     lengths = torch.randint(64, 129, (32,))
     mask = (torch.arange(128) < lengths[:, None])[:, None, None, :]
 
-    def case(dtype: torch.dtype, through_attend: bool) -> Callable[[], None]:
-        q, k, v = (torch.randn(32, 4, 128, 32, dtype=dtype, requires_grad=True) for _ in range(3))
+    def written_out(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+        return scores.masked_fill(~mask, torch.finfo(q.dtype).min).softmax(-1) @ v
+
+    def case(head_dim: int, dtype: torch.dtype, how: str) -> Callable[[], None]:
+        q, k, v = (torch.randn(32, 4, 128, head_dim, dtype=dtype, requires_grad=True) for _ in range(3))
 
         def run() -> None:
-            if through_attend:
+            if how == "ptcli":  # what ptcli runs under a CPU bf16 autocast
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     y = attend(q, k, v, mask, 0.0)
+            elif how == "sdpa in fp32":  # ptcli's bf16 path until 2026-12-01
+                y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask).to(dtype)
+            elif how == "written out":
+                y = written_out(q, k, v)
             else:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             y.float().sum().backward()
 
         return run
 
-    results = alternate({"sdpa fp32": case(torch.float32, False), "sdpa bf16": case(torch.bfloat16, False),
-                         "ptcli attend, bf16 in, fp32 inside": case(torch.bfloat16, True)}, rounds, 10)
-    report("attention forward+backward, [32, 4, 128, 32], padding mask", results, lambda s: f"{s * 1e3:.1f} ms")
+    for head_dim in (32, 64):
+        results = alternate({
+            "sdpa fp32 (ptcli in fp32)": case(head_dim, torch.float32, "sdpa"),
+            "written out fp32": case(head_dim, torch.float32, "written out"),
+            "sdpa bf16": case(head_dim, torch.bfloat16, "sdpa"),
+            "sdpa, bf16 in, fp32 inside": case(head_dim, torch.bfloat16, "sdpa in fp32"),
+            "ptcli attend under bf16 autocast": case(head_dim, torch.bfloat16, "ptcli"),
+        }, rounds, 10)
+        report(f"attention forward+backward, [32, 4, 128, {head_dim}], padding mask", results,
+               lambda s: f"{s * 1e3:.1f} ms")
 
 
 def pydocs_lengths() -> list[list[int]]:
@@ -187,24 +205,36 @@ def bench_finetune(rounds: int) -> None:
            lambda s: f"{s * 1e3:.0f} ms")
 
 
-def bench_mlm(rounds: int) -> None:
-    from transformers import BertConfig, BertForMaskedLM, ModernBertConfig, ModernBertForMaskedLM
+MLM_VOCAB, MLM_BATCH, MLM_SEQ = 8192, 32, 128
 
+
+def mlm_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """bench_mlm.py's shapes: random blocks, 15% of positions masked: ``(inputs, labels)``."""
+    torch.manual_seed(0)
+    blocks = torch.randint(5, MLM_VOCAB, (MLM_BATCH, MLM_SEQ))
+    chosen = torch.rand(MLM_BATCH, MLM_SEQ) < 0.15
+    labels = torch.where(chosen, blocks, torch.full_like(blocks, -100))
+    return torch.where(chosen, torch.full_like(blocks, 4), blocks), labels
+
+
+def ptcli_mlm_step(bf16: bool) -> Callable[[], None]:
     import ptcli.models.transformer as transformer
     from ptcli.objectives.mlm import MaskedLM
 
-    vocab, batch, seq = 8192, 32, 128
+    inputs, labels = mlm_batch()
     torch.manual_seed(0)
-    blocks = torch.randint(5, vocab, (batch, seq))
-    chosen = torch.rand(batch, seq) < 0.15
-    labels = torch.where(chosen, blocks, torch.full_like(blocks, -100))
-    inputs = torch.where(chosen, torch.full_like(blocks, 4), blocks)
+    model = MaskedLM(transformer.TransformerEncoder(MLM_VOCAB, dim=256, layers=4, heads=4, ffn_dim=1024,
+                                                    max_len=MLM_SEQ), special_ids=[0, 1, 2, 3, 4], mask_id=4,
+                     mask_rate=0.15)
+    return train_step(model, lambda: model(inputs, labels)["loss"], bf16)
 
-    def ptcli_step(bf16: bool) -> Callable[[], None]:
-        torch.manual_seed(0)
-        model = MaskedLM(transformer.TransformerEncoder(vocab, dim=256, layers=4, heads=4, ffn_dim=1024, max_len=seq),
-                         special_ids=[0, 1, 2, 3, 4], mask_id=4, mask_rate=0.15)
-        return train_step(model, lambda: model(inputs, labels)["loss"], bf16)
+
+def bench_mlm(rounds: int) -> None:
+    from transformers import BertConfig, BertForMaskedLM, ModernBertConfig, ModernBertForMaskedLM
+
+    vocab, seq = MLM_VOCAB, MLM_SEQ
+    inputs, labels = mlm_batch()
+    ptcli_step = ptcli_mlm_step
 
     def hf_step(kind: str, attn: str, bf16: bool) -> Callable[[], None]:
         torch.manual_seed(0)
@@ -222,7 +252,7 @@ def bench_mlm(rounds: int) -> None:
             model = ModernBertForMaskedLM._from_config(config, attn_implementation=attn)
         return train_step(model, lambda: model(input_ids=inputs, labels=labels).loss, bf16)
 
-    tokens = batch * seq
+    tokens = MLM_BATCH * MLM_SEQ
     for bf16 in (False, True):
         name = "bf16" if bf16 else "fp32"
         variants = {f"ptcli {name}": ptcli_step(bf16)}
@@ -231,36 +261,46 @@ def bench_mlm(rounds: int) -> None:
                 variants[f"{kind} {attn} {name}"] = hf_step(kind, attn, bf16)
         report(f"MLM training step, {name}", alternate(variants, rounds, 5), lambda s: f"{tokens / s:,.0f} tok/s")
 
-    written = transformer.apply_rotary
 
-    def rotary_addcmul(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+
+def bench_rotary(rounds: int) -> None:
+    import ptcli.models.transformer as transformer
+
+    ptcli_form = transformer.apply_rotary
+
+    def written_out(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x.chunk(2, dim=-1)  # ptcli's form until 2026-12-01; autograd runs its backward
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+    def addcmul_form(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat([torch.addcmul(x1 * cos, x2, sin, value=-1), torch.addcmul(x2 * cos, x1, sin)], dim=-1)
 
-    step = ptcli_step(False)
+    for bf16 in (False, True):
+        step = ptcli_mlm_step(bf16)
 
-    def with_rotary(fn: Callable[..., torch.Tensor]) -> Callable[[], None]:
-        def run() -> None:
-            transformer.apply_rotary = fn
-            try:
-                step()
-            finally:
-                transformer.apply_rotary = written
+        def with_rotary(fn: Callable[..., torch.Tensor], step: Callable[[], None] = step) -> Callable[[], None]:
+            def run() -> None:
+                transformer.apply_rotary = fn
+                try:
+                    step()
+                finally:
+                    transformer.apply_rotary = ptcli_form
 
-        return run
+            return run
 
-    report("ptcli MLM step, fp32: rotary positions", alternate(
-        {"as written (mul, sub, add, cat)": with_rotary(written), "addcmul form": with_rotary(rotary_addcmul)},
-        rounds, 5), lambda s: f"{s * 1e3:.0f} ms")
+        report(f"ptcli MLM step, {'bf16' if bf16 else 'fp32'}: rotary positions", alternate(
+            {"written out (mul, sub, add, cat)": with_rotary(written_out), "addcmul form": with_rotary(addcmul_form),
+             "Rotary function (ptcli's)": with_rotary(ptcli_form)}, rounds, 5), lambda s: f"{s * 1e3:.0f} ms")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--only", default="attention,finetune,mlm")
+    ap.add_argument("--only", default="attention,finetune,mlm,rotary")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
-    benches = {"attention": bench_attention, "finetune": bench_finetune, "mlm": bench_mlm}
+    benches = {"attention": bench_attention, "finetune": bench_finetune, "mlm": bench_mlm, "rotary": bench_rotary}
     for name in args.only.split(","):
         benches[name.strip()](args.rounds)
 

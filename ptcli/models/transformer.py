@@ -29,6 +29,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from ptcli.errors import UsageError
@@ -56,22 +57,65 @@ def rotary_tables(max_len: int, head_dim: int, base: float = 10000.0) -> tuple[t
     return angles.cos(), angles.sin()
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (first half, second half) of each head's channels by position-dependent angles."""
+def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
+    """Rotate pairs (first half, second half) of each head's channels by the angles of ``cos``/``sin``
+    (``sign=-1``: the opposite angles), written straight into the two halves of one output. In ``x``'s dtype:
+    under an autocast the tables are cast to bf16, as transformers' rotary models do."""
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    o1, o2 = out.chunk(2, dim=-1)
+    torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=-sign)
+    torch.mul(x2, cos, out=o2).addcmul_(x1, sin, value=sign)
+    return out
+
+
+class Rotary(torch.autograd.Function):
+    """Rotary positions with a backward of their own: the gradient of a rotation is the gradient rotated by the
+    opposite angles, so only the tables are kept for it. Autograd through the written-out form keeps both
+    halves of ``x`` and runs about twice the kernels (scripts/bench_kernels.py)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(cos, sin)
+        ctx.dtype = x.dtype
+        return rotate_pairs(x, cos, sin)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        cos, sin = ctx.saved_tensors
+        return rotate_pairs(grad.to(ctx.dtype), cos, sin, sign=-1.0), None, None
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (first half, second half) of each head's channels by position-dependent angles (the tables
+    are constants: no gradient reaches them). Under ``torch.compile`` the written-out form: inductor fuses it
+    into one kernel itself (and does not lower ``Rotary``'s ``out=`` writes)."""
+    if torch.compiler.is_compiling():
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    return Rotary.apply(x, cos, sin)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
            dropout_p: float) -> torch.Tensor:
-    """``F.scaled_dot_product_attention``; on CPU under a bf16 autocast, in fp32: torch 2.13's CPU flash-attention
-    kernel is about 3x slower forward+backward in bf16 than in fp32 at ptcli's head sizes (batch 32, 4 heads of
-    32, length 128: 27.5 ms in bf16, 9.7 ms through here with the casts; scripts/bench_kernels.py)."""
+    """``F.scaled_dot_product_attention``, except on CPU under a low-precision autocast: there the written-out
+    form (two matmuls in the autocast dtype, softmax with fp32 accumulation), as the transformers models' "eager"
+    attention. Forward+backward at [32, 4, 128, 64] with a padding mask, torch 2.13's CPU flash-attention kernel
+    takes 30 ms in bf16, 16 ms computing in fp32 on bf16 inputs, this form 10 ms (equal to the fp32 route at head
+    size 32; scripts/bench_kernels.py, "attention"). In fp32 SDPA is the faster one (12 vs 18 ms). ``attn_mask``: bool,
+    True = attend; every query row must have a key to attend to (ptcli's masks do: see ``Unpadded``)."""
     if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
         with torch.autocast("cpu", enabled=False):
-            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask,
-                                                 dropout_p=dropout_p)
-        return out.to(torch.get_autocast_dtype("cpu"))
+            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+            scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+            if attn_mask is not None:
+                scores = scores.masked_fill(~attn_mask, torch.finfo(dtype).min)
+            weights = F.dropout(scores.softmax(-1), dropout_p) if dropout_p else scores.softmax(-1)
+            return weights @ v
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
 
 
