@@ -19,11 +19,11 @@ the best validation accuracy (evaluated every ``--eval-every`` steps), whose tes
     hf_bert_bf16      the same with ``bf16=True`` (CPU autocast; AMX on this machine) and eager attention: torch's
               CPU sdpa kernel is slower in bf16 than in fp32, eager is the Trainer's fastest bf16 setting here.
     (``--hf-sides`` picks among the three. scripts/bench_kernels.py, a bare training step on random batches of
-    these texts: fp32 sdpa 137 ms, fp32 eager 167, bf16 sdpa 168, bf16 eager 86; length-sorted fp32 sdpa 24.)
+    these texts: fp32 sdpa 188 ms, fp32 eager 218, bf16 sdpa 235, bf16 eager 121; length-sorted fp32 sdpa 30.)
 
 ptcli runs padded batches unpadded (ptcli/models/transformer.py ``Unpadded``): projections, norms and MLP at real
 tokens only, attention grouped by row length. It keeps random batches (the same sampling as without it), at its
-default precision, fp32 (bf16 would be 51 vs 61 ms a bare step: bench_kernels.py).
+default precision, fp32 (bf16 would be 70 vs 75 ms a bare step: bench_kernels.py).
 
 Same size: hidden 128, 4 layers, 4 heads, MLP 512, max length 128 (ptcli's default transformer), dropout 0 in the
 encoder, 0.1 before the classifier (ptcli's head dropout). Differences that remain, by design of each library's

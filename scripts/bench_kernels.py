@@ -17,7 +17,10 @@ for these choices: scripts/results/bench/kernels.txt.
     rotary      ptcli's MLM step (as above) with its rotary positions written out (autograd through mul, sub, add,
                 cat), in an ``addcmul`` form, and as ``Rotary`` (one autograd function: what ptcli runs), fp32/bf16.
 
-    python scripts/bench_kernels.py [--rounds 3] [--only attention,finetune,mlm,rotary]
+    matmuls     the MLM step's weight matmuls alone at its shapes, both weight layouts, against square GEMMs.
+    profile     torch.profiler's table for ptcli's MLM step, fp32 and bf16.
+
+    python scripts/bench_kernels.py [--rounds 3] [--only attention,finetune,mlm,rotary,matmuls,profile]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -294,13 +298,54 @@ def bench_rotary(rounds: int) -> None:
              "Rotary function (ptcli's)": with_rotary(ptcli_form)}, rounds, 5), lambda s: f"{s * 1e3:.0f} ms")
 
 
+def bench_matmuls(rounds: int) -> None:
+    """The MLM step's weight matmuls alone (4096 tokens, or the 614 masked ones for the vocabulary projection):
+    forward, input gradient and weight gradient, with the weight stored as nn.Linear keeps it ([out, in]) and
+    transposed ([in, out]); against square GEMMs, the benchmark's "measured matmul rate"."""
+    results: dict[str, list[float]] = {}
+    flops: dict[str, float] = {}
+    for _ in range(rounds):
+        for i, o in [(256, 768), (256, 256), (256, 1024), (1024, 256), (256, 8192)]:
+            m = 614 if o == 8192 else 4096
+            x, g, w = torch.randn(m, i), torch.randn(m, o), torch.randn(o, i)
+            v = w.t().contiguous()
+            for name, products in ((f"{m} x {i} -> {o}, weight [out, in]", ((x, w.t()), (g, w), (g.t(), x))),
+                                   (f"{m} x {i} -> {o}, weight [in, out]", ((x, v), (g, v.t()), (x.t(), g)))):
+                results.setdefault(name, []).append(sum(timed(partial(torch.matmul, *ab), 10) for ab in products))
+                flops[name] = 3 * 2 * m * i * o
+        for n in (512, 1024, 2048):
+            name = f"square {n}"
+            results.setdefault(name, []).append(timed(partial(torch.matmul, torch.randn(n, n), torch.randn(n, n)), 10))
+            flops[name] = 2 * n**3
+    report("fp32 matmuls: forward + both backward products (square: one product)", results,
+           lambda sec: f"{sec * 1e3:.1f} ms")
+    for name, secs in results.items():
+        print(f"  {name:40s} {flops[name] / statistics.median(secs) / 1e9:6.0f} GFLOP/s")
+
+
+def bench_profile(rounds: int) -> None:
+    """Where ptcli's MLM step spends its time: torch.profiler over 3 steps, fp32 and bf16 autocast."""
+    from torch.profiler import profile
+
+    for bf16 in (False, True):
+        step = ptcli_mlm_step(bf16)
+        for _ in range(3):
+            step()
+        with profile() as prof:
+            for _ in range(3):
+                step()
+        print(f"\nptcli MLM step, {'bf16' if bf16 else 'fp32'}: profile of 3 steps (self CPU time)")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=50))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--only", default="attention,finetune,mlm,rotary")
+    ap.add_argument("--only", default="attention,finetune,mlm,rotary,matmuls,profile")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
-    benches = {"attention": bench_attention, "finetune": bench_finetune, "mlm": bench_mlm, "rotary": bench_rotary}
+    benches = {"attention": bench_attention, "finetune": bench_finetune, "mlm": bench_mlm, "rotary": bench_rotary,
+               "matmuls": bench_matmuls, "profile": bench_profile}
     for name in args.only.split(","):
         benches[name.strip()](args.rounds)
 

@@ -5,11 +5,11 @@ The three sides train the same size (hidden 256, 4 layers, 4 heads, MLP matmuls 
 128, batch 32, a vocab-8192 WordPiece trained on pydocs) on the same packed pydocs blocks in the same order, with
 masking at rate 0.15 (80% [MASK], 10% random, 10% kept), fp32 (``--precision bf16``: every side under a bf16
 autocast, weights and optimizer in fp32, each transformers side with its fastest attention kernel in bf16:
-``ATTENTION``), dropout 0, and what a competent user of each would
-set: fused AdamW (lr 5e-4, betas 0.9/0.999, eps 1e-8, constant lr) with weight decay 0.01 on matrices only (not on
-biases, norms or other 1-d parameters; ptcli's ``build_adamw`` rule, applied to every side), gradient clipping 1.0,
-a fresh seed per round (data masks, shuffling), and the training loss read once every ``--log-every`` steps on every
-side (ptcli's Trainer and HF's Trainer log the mean over those steps; the plain loop does the same).
+``ATTENTION``), dropout 0, and what a competent user of each would set: fused AdamW (lr 5e-4 unless ``--lr`` says
+otherwise, betas 0.9/0.999, eps 1e-8, constant lr) with weight decay 0.01 on matrices only (not on biases, norms or
+other 1-d parameters; ptcli's ``build_adamw`` rule, applied to every side), gradient clipping 1.0, a fresh seed per
+round (data masks, shuffling), and the training loss read once every ``--log-every`` steps on every side (ptcli's
+Trainer and HF's Trainer log the mean over those steps; the plain loop does the same).
 
 Architectural differences (``DIFFERENCES``, printed and recorded):
 
@@ -91,9 +91,9 @@ LR, WD, BETAS, EPS, CLIP = 5e-4, 0.01, (0.9, 0.999), 1e-8, 1.0
 VAL_SEED = 1234
 SIDES = ("ptcli", "hf_bert", "modernbert")
 # The transformers sides' attention kernel per precision: each one's fastest here (scripts/bench_kernels.py, raw
-# scripts/results/bench/kernels.txt, tokens/s fp32 / bf16: BertForMaskedLM sdpa 5,589 / 8,772, eager 5,741 / 10,856;
-# ModernBertForMaskedLM sdpa 9,088 / 13,104, eager 8,399 / 16,712: torch's CPU sdpa kernel is slow in bf16).
-# fp32 keeps sdpa on both, as the issue set it (BERT's eager is within 3% there).
+# scripts/results/bench/kernels.txt, tokens/s fp32 / bf16: BertForMaskedLM sdpa 4,423 / 4,902, eager 4,521 / 6,645;
+# ModernBertForMaskedLM sdpa 6,817 / 7,662, eager 7,048 / 9,665: torch's CPU sdpa kernel is slow in bf16).
+# fp32 keeps sdpa on both, as the issue set it (eager within 3% of it there, faster in one run, slower in another).
 ATTENTION = {"hf_bert": {"fp32": "sdpa", "bf16": "eager"}, "modernbert": {"fp32": "sdpa", "bf16": "eager"}}
 
 DIFFERENCES = {
@@ -265,7 +265,7 @@ class PtcliSide(Side):
     name = "ptcli"
 
     def __init__(self, tok_json: str, blocks: torch.Tensor, position: str, seed: int, log_every: int,
-                 precision: str) -> None:
+                 precision: str, lr: float) -> None:
         from omegaconf import OmegaConf
         from tokenizers import Tokenizer
 
@@ -284,7 +284,7 @@ class PtcliSide(Side):
         enc = TransformerEncoder(tok.get_vocab_size(), DIM, LAYERS, HEADS, FFN, SEQ, position=position)
         self.model = MaskedLM(enc, special_ids=[i for i in ids.values() if i is not None], mask_id=ids["mask"],
                               mask_rate=MASK)
-        opt = build_adamw(self.model, LR, WD, list(BETAS), EPS)  # fused, decay on matrices only
+        opt = build_adamw(self.model, lr, WD, list(BETAS), EPS)  # fused, decay on matrices only
         sched = warmup_schedule(opt, 10**9, "constant", 0)
         self.tmp = tempfile.mkdtemp(prefix="bench-ptcli-")
         self.run = RunDir.start(Path(self.tmp) / "run", OmegaConf.create({"seed": seed}), "pretrain", [])
@@ -329,12 +329,13 @@ class HFSide(Side):
     """What the two transformers sides share: the tokenizer wrapped for transformers, its MLM data collator (masks
     as transformers' docs show), fused AdamW with ptcli's decay groups, a constant lr."""
 
-    def __init__(self, tok_json: str, blocks: torch.Tensor, seed: int, log_every: int, precision: str) -> None:
+    def __init__(self, tok_json: str, blocks: torch.Tensor, seed: int, log_every: int, precision: str,
+                 lr: float) -> None:
         from tokenizers import Tokenizer
         from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerFast
 
         super().__init__(blocks)
-        self.log_every, self.precision = log_every, precision
+        self.log_every, self.precision, self.lr = log_every, precision, lr
         self.hf_tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tok_json), unk_token="[UNK]",
                                               pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
                                               mask_token="[MASK]")
@@ -343,7 +344,7 @@ class HFSide(Side):
 
     def set_model(self, model: torch.nn.Module) -> None:
         self.model = model
-        self.opt = torch.optim.AdamW(decay_groups(model), lr=LR, betas=BETAS, eps=EPS, fused=True)
+        self.opt = torch.optim.AdamW(decay_groups(model), lr=self.lr, betas=BETAS, eps=EPS, fused=True)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: 1.0)
 
     def training_batch(self, block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -363,11 +364,11 @@ class HFBertSide(HFSide):
     name = "hf_bert"
 
     def __init__(self, tok_json: str, blocks: torch.Tensor, position: str, seed: int, log_every: int,
-                 precision: str) -> None:
+                 precision: str, lr: float) -> None:
         # The Trainer needs accelerate: importing it here makes a missing one fail the worker at start.
         from transformers import BertConfig, BertForMaskedLM, Trainer  # noqa: F401
 
-        super().__init__(tok_json, blocks, seed, log_every, precision)
+        super().__init__(tok_json, blocks, seed, log_every, precision, lr)
         config = BertConfig(vocab_size=len(self.hf_tok), hidden_size=DIM, num_hidden_layers=LAYERS,
                             num_attention_heads=HEADS, intermediate_size=FFN, max_position_embeddings=SEQ,
                             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -412,10 +413,10 @@ class ModernBertSide(HFSide):
     name = "modernbert"
 
     def __init__(self, tok_json: str, blocks: torch.Tensor, position: str, seed: int, log_every: int,
-                 precision: str) -> None:
+                 precision: str, lr: float) -> None:
         from transformers import ModernBertConfig, ModernBertForMaskedLM
 
-        super().__init__(tok_json, blocks, seed, log_every, precision)
+        super().__init__(tok_json, blocks, seed, log_every, precision, lr)
         tok = self.hf_tok
         # layer_types is the installed release's key for what global_attn_every_n_layers=1 meant before it.
         config = ModernBertConfig(
@@ -459,6 +460,19 @@ class ModernBertSide(HFSide):
         return {"starts": starts, "end": end, "losses": losses, "peak_rss_mb": peak_rss_mb()}
 
 
+def parse_lr(text: str) -> dict[str, float]:
+    """``--lr``: ``1e-3`` (every side) or ``ptcli=1e-3,modernbert=5e-4`` (the others keep ``LR``)."""
+    if "=" not in text:
+        return dict.fromkeys(SIDES, float(text))
+    lrs = dict.fromkeys(SIDES, LR)
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        side, _, value = item.partition("=")
+        if side not in SIDES:
+            raise argparse.ArgumentTypeError(f"unknown side {side!r} (sides: {', '.join(SIDES)})")
+        lrs[side] = float(value)
+    return lrs
+
+
 def build_side(name: str, *args: Any) -> Side:
     return {"ptcli": PtcliSide, "hf_bert": HFBertSide, "modernbert": ModernBertSide}[name](*args)
 
@@ -478,7 +492,7 @@ def start_workers(args, tok, blocks: torch.Tensor) -> dict[str, Worker]:
         print(f"starting the {', '.join(args.sides)} workers ...", flush=True)
         for name in args.sides:
             workers[name] = Worker(name, build_side, name, tok.to_str(), blocks, args.position, args.seed,
-                                   args.log_every, args.precision, wait=False)
+                                   args.log_every, args.precision, args.lr[name], wait=False)
         for w in workers.values():
             w.ready()
     except BaseException:
@@ -591,6 +605,9 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                     help="every side's compute precision: bf16 = autocast (ptcli trainer.precision=bf16, the HF "
                          "Trainer's bf16=True, torch.autocast in the plain loop); weights and optimizer stay fp32")
+    ap.add_argument("--lr", default=str(LR), type=parse_lr,
+                    help=f"constant learning rate: one for every side (default {LR}), or per side, e.g. "
+                         "'ptcli=1e-3,modernbert=5e-4' (sides not named keep the default)")
     ap.add_argument("--sides", default=",".join(SIDES),
                     help=f"comma-separated sides to run, ptcli among them (default: all of {', '.join(SIDES)})")
     ap.add_argument("--out", type=Path, default=None,
@@ -639,7 +656,7 @@ def main() -> None:
         "mode": "time_to_quality" if args.time_to_quality else "throughput",
         "settings": {**{k: v for k, v in vars(args).items() if k != "out"}, "dim": DIM, "layers": LAYERS,
                      "heads": HEADS, "ffn": FFN, "modernbert_intermediate": GEGLU, "seq": SEQ, "batch": BATCH,
-                     "vocab": vocab, "mask_rate": MASK, "lr": LR, "weight_decay": WD, "betas": list(BETAS),
+                     "vocab": vocab, "mask_rate": MASK, "lr": args.lr, "weight_decay": WD, "betas": list(BETAS),
                      "eps": EPS, "clip": CLIP, "optimizer": "torch.optim.AdamW(fused=True), decay on ndim >= 2",
                      "train_blocks": len(train_blocks), "val_blocks": len(val_blocks),
                      "val_masked_tokens": int((val[1] != -100).sum())},

@@ -55,12 +55,14 @@ def mlm_ttq(data: dict[str, Any]) -> str:
     s = data["settings"]
     header = [f"MLM time to quality, {machine_text(data)}: budget {s['budget']:g} s of training per side, target "
               f"val loss {data['target_val_loss']:.3f} ({data['slowest']}'s at the budget)",
-              "steps", "val loss at budget", "seconds to target", "ptcli's time / side's"]
+              "lr", "steps", "val loss at budget", "seconds to target", "ptcli's time / side's"]
     mine = data["seconds_to_target"]["ptcli"]
     rows = []
     for name, curve in data["curves"].items():
         reach = data["seconds_to_target"][name]
-        rows.append([data["sides"][name]["label"], f"{curve[-1]['step']:,}", f"{data['loss_at_budget'][name]:.3f}",
+        lr = s["lr"][name] if isinstance(s["lr"], dict) else s["lr"]  # one for all sides in older results
+        rows.append([data["sides"][name]["label"], f"{lr:g}", f"{curve[-1]['step']:,}",
+                     f"{data['loss_at_budget'][name]:.3f}",
                      "not reached" if reach is None else f"{reach:.0f}",
                      f"{mine / reach:.2f}" if reach and mine else "-"])
     return table(header, rows)

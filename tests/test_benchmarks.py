@@ -55,13 +55,15 @@ def test_bench_mlm_time_to_quality_tiny(cache_dir, tmp_path):
     result = tmp_path / "ttq.json"
     # Two sides keep it short (the throughput test above runs all three): the mode's logic is side-agnostic.
     run_script("bench_mlm.py", "--time-to-quality", "--sides", "ptcli,modernbert", "--budget", "1", "--eval-every",
-               "2", "--log-every", "2", "--val-blocks", "16", "--matmul-seconds", "0.05", "--out", str(result),
-               cache_dir=cache_dir)
+               "2", "--log-every", "2", "--val-blocks", "16", "--matmul-seconds", "0.05", "--lr", "modernbert=1e-3",
+               "--out", str(result), cache_dir=cache_dir)
     data = json.loads(result.read_text())
     assert set(data["curves"]) == {"ptcli", "modernbert"}
+    assert data["settings"]["lr"] == {"ptcli": 5e-4, "hf_bert": 5e-4, "modernbert": 1e-3}  # per side
     assert data["target_val_loss"] == max(data["loss_at_budget"].values())
     assert all(curve[-1]["seconds"] >= 1 for curve in data["curves"].values())
-    assert "seconds to target" in render_table(result)
+    table = render_table(result)
+    assert "seconds to target" in table and "| 0.0005 |" in table and "| 0.001 |" in table
 
 
 def test_bench_simclr_tiny(cache_dir, tmp_path):

@@ -104,8 +104,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.T
     """``F.scaled_dot_product_attention``, except on CPU under a low-precision autocast: there the written-out
     form (two matmuls in the autocast dtype, softmax with fp32 accumulation), as the transformers models' "eager"
     attention. Forward+backward at [32, 4, 128, 64] with a padding mask, torch 2.13's CPU flash-attention kernel
-    takes 30 ms in bf16, 16 ms computing in fp32 on bf16 inputs, this form 10 ms (equal to the fp32 route at head
-    size 32; scripts/bench_kernels.py, "attention"). In fp32 SDPA is the faster one (12 vs 18 ms). ``attn_mask``: bool,
+    takes 41 ms in bf16, 19 ms computing in fp32 on bf16 inputs, this form 11 ms (9.0 vs 9.4 ms at head size 32;
+    scripts/results/bench/kernels.txt, "attention"). In fp32 SDPA is the faster one (20 vs 27 ms). ``attn_mask``: bool,
     True = attend; every query row must have a key to attend to (ptcli's masks do: see ``Unpadded``)."""
     if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         dtype = torch.get_autocast_dtype("cpu")
