@@ -168,6 +168,23 @@ def test_rotary_function_is_the_written_out_rotation_values_and_gradients():
     assert torch.autograd.gradcheck(lambda t: apply_rotary(t, cos, sin), (q.detach().clone().requires_grad_(),))
 
 
+def test_rotary_under_torch_compile_takes_the_written_out_form(monkeypatch):
+    """Inductor cannot lower ``Rotary``'s ``out=`` writes: while compiling, ``apply_rotary`` is the plain formula
+    (same values, and no ``Rotary`` node in the graph). Checked by faking the compiling state: compiling itself
+    takes ~30 s."""
+    from ptcli.models.transformer import apply_rotary, rotary_tables
+
+    torch.manual_seed(0)
+    cos, sin = rotary_tables(16, 8)
+    x = torch.randn(2, 4, 16, 8, requires_grad=True)
+    eager = apply_rotary(x, cos, sin)
+    assert type(eager.grad_fn).__name__ == "RotaryBackward"
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    traced = apply_rotary(x, cos, sin)
+    assert type(traced.grad_fn).__name__ == "CatBackward0"
+    torch.testing.assert_close(traced, eager)
+
+
 def test_attend_under_a_cpu_bf16_autocast_is_attention_in_bf16():
     """On CPU under a bf16 autocast ``attend`` runs attention written out in bf16: output and gradients within
     bf16 rounding of fp32 SDPA, with a key mask that it honours (values at masked keys change nothing)."""
