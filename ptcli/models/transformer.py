@@ -114,7 +114,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.T
             scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
             if attn_mask is not None:
                 scores = scores.masked_fill(~attn_mask, torch.finfo(dtype).min)
-            weights = F.dropout(scores.softmax(-1), dropout_p) if dropout_p else scores.softmax(-1)
+            weights = scores.softmax(-1)
+            if dropout_p:
+                weights = F.dropout(weights, dropout_p)
             return weights @ v
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
 
