@@ -2,8 +2,8 @@
 
 ptcli's encoder (pre-LN, rotary positions, GELU MLP, final LayerNorm, MLM head dense-GELU-LayerNorm with a
 tied decoder and bias) is exactly ESM-2's architecture, so an MLM pretrain run exports as
-``EsmForMaskedLM`` (``token_dropout=False``, ``emb_layer_norm_before=False``; ptcli's absent biases are
-zeros) and a fine-tune run with ``pooling=cls`` as ``EsmForSequenceClassification``, whose head (dense,
+``EsmForMaskedLM`` (``token_dropout=False``, ``emb_layer_norm_before`` = ``model.embed_norm``; ptcli's absent
+biases are zeros) and a fine-tune run with ``pooling=cls`` as ``EsmForSequenceClassification``, whose head (dense,
 tanh, linear on the first token) is ptcli's. Runs built on a transformers checkpoint (``init_from=hf:``,
 ``pretrained=hf:``) export as their own architecture. The tokenizer is written as a
 ``PreTrainedTokenizerFast``, so ``AutoModelFor*`` and ``AutoTokenizer`` load the directory offline.
@@ -36,6 +36,10 @@ def esm_state_dict(weights: dict[str, torch.Tensor], template: dict[str, torch.T
            for k, v in template.items()}
     w = {k.removeprefix("encoder."): v for k, v in weights.items()}
     out["esm.embeddings.word_embeddings.weight"] = w["tok_emb.weight"]
+    if "emb_norm.weight" in w:  # model.embed_norm=true: ESM's emb_layer_norm_before
+        out["esm.embeddings.layer_norm.weight"] = w["emb_norm.weight"]
+        if "emb_norm.bias" in w:
+            out["esm.embeddings.layer_norm.bias"] = w["emb_norm.bias"]
     for i in range(layers):
         src, dst = f"blocks.{i}.", f"esm.encoder.layer.{i}."
         q, k, v = w[src + "attn.qkv.weight"].chunk(3, dim=0)
@@ -171,7 +175,8 @@ def _esm(transformers: Any, cfg: Any, run: Any, weights: dict[str, torch.Tensor]
         vocab_size=tok.get_vocab_size(), mask_token_id=ids["mask"], pad_token_id=ids["pad"], hidden_size=m.dim,
         num_hidden_layers=m.layers, num_attention_heads=m.heads, intermediate_size=m.ffn_dim,
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=m.max_len,
-        layer_norm_eps=1e-5, position_embedding_type="rotary", emb_layer_norm_before=False, token_dropout=False,
+        layer_norm_eps=1e-5, position_embedding_type="rotary",
+        emb_layer_norm_before=bool(m.get("embed_norm", False)), token_dropout=False,
         tie_word_embeddings=True, rope_theta=10000.0, **(_labels(run) if command == "finetune" else {}),
     )
     cls = transformers.EsmForSequenceClassification if command == "finetune" else transformers.EsmForMaskedLM

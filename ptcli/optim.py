@@ -47,7 +47,8 @@ def layer_depths(model: nn.Module) -> dict[int, int]:
     depths = {id(p): 0 for p in encoder.parameters()}
     for i, block in enumerate(blocks):
         depths.update({id(p): i + 1 for p in block.parameters()})
-    above = {name.split(".")[0] for name, _ in encoder.named_parameters()} - {"blocks", "tok_emb", "pos_emb"}
+    embeddings = {"blocks", "tok_emb", "emb_norm", "pos_emb"}
+    above = {name.split(".")[0] for name, _ in encoder.named_parameters()} - embeddings
     for name in above:
         depths.update({id(p): len(blocks) + 1 for p in getattr(encoder, name).parameters()})
     return depths

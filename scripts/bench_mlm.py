@@ -13,7 +13,8 @@ Trainer and HF's Trainer log the mean over those steps; the plain loop does the 
 
 Architectural differences (``DIFFERENCES``, printed and recorded):
 
-    ptcli       pre-LN; no biases in the blocks or their LayerNorms; no embedding LayerNorm; no token types;
+    ptcli       pre-LN; no biases in the blocks or their LayerNorms; no embedding LayerNorm (--embed-norm adds
+                one: model.embed_norm=true); no token types;
                 GELU MLP 256->1024->256; rotary positions (the default; --position learned gives learned
                 absolute positions, the "BERT twin"); MLM head (dense with bias, GELU, LayerNorm, tied decoder +
                 bias) at masked positions only, and the last block's queries, attention output and MLP at masked
@@ -265,7 +266,7 @@ class PtcliSide(Side):
     name = "ptcli"
 
     def __init__(self, tok_json: str, blocks: torch.Tensor, position: str, seed: int, log_every: int,
-                 precision: str, lr: float) -> None:
+                 precision: str, lr: float, embed_norm: bool = False) -> None:
         from omegaconf import OmegaConf
         from tokenizers import Tokenizer
 
@@ -281,7 +282,8 @@ class PtcliSide(Side):
         tok = Tokenizer.from_str(tok_json)
         torch.manual_seed(seed)
         ids = special_ids(tok)
-        enc = TransformerEncoder(tok.get_vocab_size(), DIM, LAYERS, HEADS, FFN, SEQ, position=position)
+        enc = TransformerEncoder(tok.get_vocab_size(), DIM, LAYERS, HEADS, FFN, SEQ, position=position,
+                                 embed_norm=embed_norm)
         self.model = MaskedLM(enc, special_ids=[i for i in ids.values() if i is not None], mask_id=ids["mask"],
                               mask_rate=MASK)
         opt = build_adamw(self.model, lr, WD, list(BETAS), EPS)  # fused, decay on matrices only
@@ -473,8 +475,11 @@ def parse_lr(text: str) -> dict[str, float]:
     return lrs
 
 
-def build_side(name: str, *args: Any) -> Side:
-    return {"ptcli": PtcliSide, "hf_bert": HFBertSide, "modernbert": ModernBertSide}[name](*args)
+def build_side(name: str, ptcli_options: dict[str, Any], *args: Any) -> Side:
+    """``ptcli_options``: keyword arguments of ptcli's side alone (``--embed-norm``)."""
+    if name == "ptcli":
+        return PtcliSide(*args, **ptcli_options)
+    return {"hf_bert": HFBertSide, "modernbert": ModernBertSide}[name](*args)
 
 
 # -- the runs ----------------------------------------------------------------------------------------------------------
@@ -491,7 +496,8 @@ def start_workers(args, tok, blocks: torch.Tensor) -> dict[str, Worker]:
         # All at once (nothing is timed yet): the imports and model builds overlap.
         print(f"starting the {', '.join(args.sides)} workers ...", flush=True)
         for name in args.sides:
-            workers[name] = Worker(name, build_side, name, tok.to_str(), blocks, args.position, args.seed,
+            workers[name] = Worker(name, build_side, name, {"embed_norm": args.embed_norm}, tok.to_str(), blocks,
+                                   args.position, args.seed,
                                    args.log_every, args.precision, args.lr[name], wait=False)
         for w in workers.values():
             w.ready()
@@ -578,10 +584,11 @@ def counts_attention(name: str, precision: str) -> bool:
     return ATTENTION.get(name, {}).get(precision) == "eager"
 
 
-def side_label(name: str, position: str, versions: dict[str, Any], precision: str) -> str:
+def side_label(name: str, position: str, versions: dict[str, Any], precision: str, embed_norm: bool = False) -> str:
     hf = f"transformers {versions.get('transformers')}"
     attn = {side: kernels[precision] for side, kernels in ATTENTION.items()}
-    return {"ptcli": f"ptcli `TransformerEncoder` ({position} positions) + `MaskedLM`, its `Trainer`",
+    norm = ", embedding LayerNorm" if embed_norm else ""
+    return {"ptcli": f"ptcli `TransformerEncoder` ({position} positions{norm}) + `MaskedLM`, its `Trainer`",
             "hf_bert": f"{hf} `BertForMaskedLM` ({attn['hf_bert']}) + `Trainer`",
             "modernbert": f"{hf} `ModernBertForMaskedLM` ({attn['modernbert']}, sparse prediction) + plain loop"}[name]
 
@@ -596,6 +603,9 @@ def main() -> None:
     ap.add_argument("--log-every", type=int, default=5, help="every side reads its training loss this often")
     ap.add_argument("--position", default=TransformerConfig.position, choices=["rotary", "learned"],
                     help="ptcli's positions (default: ptcli's own default; learned = the BERT twin)")
+    ap.add_argument("--embed-norm", action="store_true",
+                    help="ptcli's encoder with model.embed_norm=true (a LayerNorm on the token embeddings, as BERT and "
+                         "ModernBERT have; off in ptcli's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--val-blocks", type=int, default=256, help="validation blocks (pydocs validation split)")
     ap.add_argument("--time-to-quality", action="store_true", help="wall time to a validation loss instead")
@@ -661,7 +671,8 @@ def main() -> None:
                      "train_blocks": len(train_blocks), "val_blocks": len(val_blocks),
                      "val_masked_tokens": int((val[1] != -100).sum())},
         "differences": {name: DIFFERENCES[name] for name in args.sides},
-        "sides": {name: {"label": side_label(name, args.position, header["versions"], args.precision), **info[name],
+        "sides": {name: {"label": side_label(name, args.position, header["versions"], args.precision,
+                                             args.embed_norm), **info[name],
                          "flops_per_token": flops[name]} for name in workers},
         "mask_share": mask_share, "query_share": query_share,
         "matmul_rate_gflops": {"before": rate_before, "after": rate_after, "used": rate},
@@ -673,6 +684,9 @@ def main() -> None:
     print(f"model: hidden {DIM}, layers {LAYERS}, heads {HEADS}, MLP {FFN} (ModernBERT GeGLU {GEGLU}), seq {SEQ}, "
           f"batch {BATCH}, vocab {vocab}, ptcli positions {args.position}; masked share {mask_share:.3f}, ptcli "
           f"query share {query_share:.3f}")
+    if args.embed_norm:
+        result["differences"]["ptcli"] = result["differences"]["ptcli"].replace(
+            "no embedding LayerNorm", "embedding LayerNorm (--embed-norm: model.embed_norm=true)")
     for name, text in result["differences"].items():
         print(f"  {name}: {text}")
     if args.time_to_quality:

@@ -56,9 +56,11 @@ def test_bench_mlm_time_to_quality_tiny(cache_dir, tmp_path):
     # Two sides keep it short (the throughput test above runs all three): the mode's logic is side-agnostic.
     run_script("bench_mlm.py", "--time-to-quality", "--sides", "ptcli,modernbert", "--budget", "1", "--eval-every",
                "2", "--log-every", "2", "--val-blocks", "16", "--matmul-seconds", "0.05", "--lr", "modernbert=1e-3",
-               "--out", str(result), cache_dir=cache_dir)
+               "--embed-norm", "--out", str(result), cache_dir=cache_dir)
     data = json.loads(result.read_text())
     assert set(data["curves"]) == {"ptcli", "modernbert"}
+    assert "embedding LayerNorm" in data["sides"]["ptcli"]["label"] and data["settings"]["embed_norm"] is True
+    assert "embedding LayerNorm (--embed-norm" in data["differences"]["ptcli"]
     assert data["settings"]["lr"] == {"ptcli": 5e-4, "hf_bert": 5e-4, "modernbert": 1e-3}  # per side
     assert data["target_val_loss"] == max(data["loss_at_budget"].values())
     assert all(curve[-1]["seconds"] >= 1 for curve in data["curves"].values())

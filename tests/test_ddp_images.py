@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import socket
 
 import pytest
 import torch
@@ -37,7 +36,7 @@ def _grads(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def _worker(rank: int, world: int, store: str, out: str) -> None:
     import torch.distributed as tdist
     from torch.nn.parallel import DistributedDataParallel
 
@@ -52,7 +51,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         loss = ref(images, generator=torch.Generator().manual_seed(1))["loss"]
         loss.backward()
         refs[name] = (loss.item(), _grads(ref), ref.state_dict())
-    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     result = {}
     for name in OBJECTIVES:
         model = global_batch_norm(models[name])
@@ -81,11 +80,10 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 def test_two_ranks_match_one_process_on_the_same_global_batch(tmp_path):
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    # A file store, not a TCP port: a port picked free here could be taken by a parallel test's torchrun before
+    # rank 0 binds it (the suite once saw rank 0 abort in this test under xdist).
     out = tmp_path / "result.json"
-    mp.spawn(_worker, args=(2, port, str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path / "store"), str(out)), nprocs=2, join=True)
     result = json.loads(out.read_text())
     print(json.dumps(result, indent=1))
     for name in OBJECTIVES:

@@ -56,6 +56,23 @@ def test_export_matches_logits(ptcli, smoke_pretrain, tmp_path):
     assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
 
 
+def test_export_with_an_embedding_norm_matches_logits(ptcli, tmp_path):
+    """``model.embed_norm=true`` exports as ESM's ``emb_layer_norm_before``: the same logits, the norm's weights
+    carried over (not ESM's fresh ones)."""
+    from conftest import TINY_TRANSFORMER
+
+    run = tmp_path / "pretrain"
+    r = ptcli("pretrain", "debug=smoke", *TINY_TRANSFORMER, "model.embed_norm=true", f"hydra.run.dir={run}")
+    assert r.code == 0, r
+    out = tmp_path / "hf"
+    r = ptcli("export", str(run), "--format", "hf", "--out", str(out))
+    assert r.code == 0, r
+    ours, theirs, hf_model = mlm_logits(run, out)
+    assert hf_model.config.emb_layer_norm_before is True
+    assert not torch.equal(hf_model.esm.embeddings.layer_norm.weight, torch.ones(32))  # trained, then exported
+    assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
+
+
 def finetune_logits(run_dir, exported) -> tuple[torch.Tensor, tuple[torch.Tensor, object]]:
     """Class logits of ptcli's best checkpoint and of the exported model, on a padded batch."""
     from ptcli.build import run_config

@@ -110,6 +110,8 @@ def _padded_reference(enc: TransformerEncoder, ids: torch.Tensor, mask: torch.Te
     """The encoder computed the padded way: every position through every block, padding masked as keys."""
     t = ids.shape[1]
     x = enc.tok_emb(ids)
+    if enc.emb_norm is not None:  # model.embed_norm=true
+        x = torch.nn.functional.layer_norm(x, (x.shape[-1],), enc.emb_norm.weight, enc.emb_norm.bias)
     rotary = None
     if enc.pos_emb is not None:
         x = x + enc.pos_emb(torch.arange(t))
@@ -118,15 +120,18 @@ def _padded_reference(enc: TransformerEncoder, ids: torch.Tensor, mask: torch.Te
     return enc.run_blocks(x, mask[:, None, None, :].bool(), rotary)
 
 
-@pytest.mark.parametrize("position", ["learned", "rotary"])
+@pytest.mark.parametrize("position,embed_norm", [("learned", False), ("rotary", False), ("rotary", True)])
 @pytest.mark.parametrize("bias", [False, True])
-def test_unpadded_encoder_equals_padded_encoder_at_real_tokens(position, bias):
+def test_unpadded_encoder_equals_padded_encoder_at_real_tokens(position, embed_norm, bias):
     """Padded batches run unpadded, attention grouped by row length (``Unpadded``): the same outputs and
     gradients at every real token as the padded computation, with rows in four length groups, a full row,
     left padding and a hole; zeros at padded positions; an all-padding row gives zeros, not NaN."""
     torch.manual_seed(0)
     enc = TransformerEncoder(vocab_size=VOCAB, dim=32, layers=2, heads=4, ffn_dim=64, max_len=64, position=position,
-                             bias=bias)
+                             bias=bias, embed_norm=embed_norm)
+    assert (enc.emb_norm is not None) == embed_norm
+    if embed_norm:  # not the identity it starts as, so that the reference shows the norm is applied
+        torch.nn.init.normal_(enc.emb_norm.weight, 1.0, 0.5)
     ids = torch.randint(5, VOCAB, (7, 64))
     mask = torch.zeros(7, 64, dtype=torch.long)
     for row, (a, b) in enumerate([(0, 3), (0, 17), (0, 40), (0, 64), (0, 16), (9, 30), (0, 12)]):

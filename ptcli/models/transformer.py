@@ -49,6 +49,9 @@ class TransformerConfig:
     dropout: float = 0.0
     bias: bool = False  # off, as in Cramming (Geiping & Goldstein 2022)
     position: str = "rotary"  # rotary | learned; rotary learns local context far sooner at small budgets
+    # A LayerNorm on the token embeddings (BERT's and ModernBERT's): off by default, as every figure in the README
+    # was measured without it; on, MLM learns faster per step and takes twice the lr (README "Performance").
+    embed_norm: bool = False
 
 
 def rotary_tables(max_len: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -322,7 +325,8 @@ class TransformerEncoder(TransformerBody):
     def __init__(self, vocab_size: int, dim: int = TransformerConfig.dim, layers: int = TransformerConfig.layers,
                  heads: int = TransformerConfig.heads, ffn_dim: int = TransformerConfig.ffn_dim,
                  max_len: int = TransformerConfig.max_len, dropout: float = TransformerConfig.dropout,
-                 bias: bool = TransformerConfig.bias, position: str = TransformerConfig.position) -> None:
+                 bias: bool = TransformerConfig.bias, position: str = TransformerConfig.position,
+                 embed_norm: bool = TransformerConfig.embed_norm) -> None:
         super().__init__()
         check_body(dim, layers, heads, ffn_dim, dropout)
         for key, value in (("max_len", max_len), ("vocab_size", vocab_size)):
@@ -335,6 +339,7 @@ class TransformerEncoder(TransformerBody):
                              "positions need an even one (change model.heads, or use model.position=learned).")
         self.dim, self.max_len, self.vocab_size, self.position = dim, max_len, vocab_size, position
         self.tok_emb = nn.Embedding(vocab_size, dim)
+        self.emb_norm = nn.LayerNorm(dim, bias=bias) if embed_norm else None
         self.pos_emb = nn.Embedding(max_len, dim) if position == "learned" else None
         if position == "rotary":
             cos, sin = rotary_tables(max_len, dim // heads)
@@ -352,7 +357,7 @@ class TransformerEncoder(TransformerBody):
             raise UsageError(f"sequence length {t} exceeds model.max_len={self.max_len}")
         if attention_mask is not None and not bool(attention_mask.all()):
             return self._forward_unpadded(input_ids, attention_mask, only)
-        x = self.tok_emb(input_ids)
+        x = self.embed_tokens(input_ids)
         rotary = None
         if self.pos_emb is not None:
             x = x + self.pos_emb(torch.arange(t, device=input_ids.device))
@@ -361,12 +366,16 @@ class TransformerEncoder(TransformerBody):
         x = self.drop(x)
         return self.run_blocks(x, None, rotary, only)  # no padding here (packed blocks, or a mask of ones)
 
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x = self.tok_emb(input_ids)
+        return x if self.emb_norm is None else self.emb_norm(x)
+
     def _forward_unpadded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                           only: torch.Tensor | None) -> torch.Tensor:
         """A padded batch through the blocks at its real tokens only (``Unpadded``); zeros at padded positions.
         ``only`` selects afterwards: the unpadded blocks already skip most of what it would."""
         unpadded = Unpadded(attention_mask)
-        x = self.tok_emb(input_ids.reshape(-1).index_select(0, unpadded.index))
+        x = self.embed_tokens(input_ids.reshape(-1).index_select(0, unpadded.index))
         pos, rotary = unpadded.positions(), None
         if self.pos_emb is not None:
             x = x + self.pos_emb(pos)

@@ -143,7 +143,8 @@ class Electra(nn.Module):
         return inputs, labels, torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
 
     def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        x = self.encoder.tok_emb(input_ids)
+        embed = getattr(self.encoder, "embed_tokens", self.encoder.tok_emb)  # with its LayerNorm (model.embed_norm)
+        x = embed(input_ids)
         if getattr(self.encoder, "pos_emb", None) is not None:  # shared learned positions, as the embeddings
             x = x + self.encoder.pos_emb(torch.arange(input_ids.shape[1], device=input_ids.device))
         return x
