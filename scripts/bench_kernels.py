@@ -19,8 +19,11 @@ for these choices: scripts/results/bench/kernels.txt.
 
     matmuls     the MLM step's weight matmuls alone at its shapes, both weight layouts, against square GEMMs.
     profile     torch.profiler's table for ptcli's MLM step, fp32 and bf16.
+    convnet     a SimCLR training step of the default vision config (convnet width 32, 3 stages, batch 256 of 8x8
+                images, fused AdamW, clipping), images/s: the convnet's weights contiguous (NCHW) vs channels-last
+                (what ``ConvNet`` sets), and channels-last inputs alone; fp32.
 
-    python scripts/bench_kernels.py [--rounds 3] [--only attention,finetune,mlm,rotary,matmuls,profile]
+    python scripts/bench_kernels.py [--rounds 3] [--only attention,finetune,mlm,rotary,matmuls,profile,convnet]
 """
 
 from __future__ import annotations
@@ -338,14 +341,36 @@ def bench_profile(rounds: int) -> None:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=50))
 
 
+def bench_convnet(rounds: int) -> None:
+    from ptcli.models.convnet import ConvNet
+    from ptcli.objectives.simclr import SimCLR
+
+    images = torch.rand(256, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def simclr(layout: str) -> Callable[[], None]:
+        torch.manual_seed(0)
+        model = SimCLR(ConvNet(), proj_dim=128, proj_hidden=512, temperature=0.5)  # ConvNet: channels-last weights
+        if layout != "channels-last weights":
+            model.encoder.to(memory_format=torch.contiguous_format)
+        inputs = images.contiguous(memory_format=torch.channels_last) if layout == "channels-last inputs" else images
+        return train_step(model, lambda: model(inputs)["loss"], bf16=False)
+
+    layouts = ("contiguous weights", "channels-last weights", "channels-last inputs")
+    results = alternate({name: simclr(name) for name in layouts}, rounds, reps=8)
+    report("SimCLR training step (convnet, batch 256 of 8x8), fp32", results, lambda s: f"{256 / s:,.0f} img/s")
+    base = results["contiguous weights"]
+    ratios = [b / a for a, b in zip(results["channels-last weights"], base, strict=True)]
+    print(f"  channels-last weights / contiguous, per round: {', '.join(f'{r:.2f}' for r in ratios)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--only", default="attention,finetune,mlm,rotary,matmuls,profile")
+    ap.add_argument("--only", default="attention,finetune,mlm,rotary,matmuls,profile,convnet")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     benches = {"attention": bench_attention, "finetune": bench_finetune, "mlm": bench_mlm, "rotary": bench_rotary,
-               "matmuls": bench_matmuls, "profile": bench_profile}
+               "matmuls": bench_matmuls, "profile": bench_profile, "convnet": bench_convnet}
     for name in args.only.split(","):
         benches[name.strip()](args.rounds)
 
