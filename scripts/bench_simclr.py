@@ -1,6 +1,7 @@
 """SimCLR training, side by side: ptcli's batched tensor augmentations vs lightly's SimCLR transforms on a
-torchvision-style DataLoader, both training the same model (ptcli's convnet and projection head) with the same
-NT-Xent loss, for the default vision config (model=convnet objective=simclr data=digits).
+torchvision-style DataLoader, both training the same model (ptcli's convnet, channels-last weights as ``ConvNet``
+sets them, and projection head) with the same NT-Xent loss, for the default vision config (model=convnet
+objective=simclr data=digits).
 
     ptcli    the training images as one tensor; each step draws a batch (ptcli's seeded batches, as its pretrain
              recipe) and ``SimCLR.forward`` makes the two views with ptcli's batched augmentations
