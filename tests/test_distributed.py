@@ -44,9 +44,10 @@ def assert_same_losses(a, b, rel: float = README_REL) -> None:
         assert abs(x - y) <= rel * abs(x), (step, split, x, y)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ddp_run(ptcli, tmp_path_factory):
-    """A 2-process DDP pretrain, run without hydra.run.dir: rank 0 names the one run directory."""
+    """A 2-process DDP pretrain, run without hydra.run.dir: rank 0 names the one run directory. Session-scoped:
+    under xdist a module-scoped one was built twice per suite run (`--durations` showed two ~18 s setups)."""
     cwd = tmp_path_factory.mktemp("ddp")
     r = ptcli("pretrain", "trainer.strategy=ddp", *SMOKE, cwd=cwd, nproc=2)
     assert r.code == 0, r
