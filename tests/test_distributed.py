@@ -46,8 +46,9 @@ def assert_same_losses(a, b, rel: float = README_REL) -> None:
 
 @pytest.fixture(scope="session")
 def ddp_run(ptcli, tmp_path_factory):
-    """A 2-process DDP pretrain, run without hydra.run.dir: rank 0 names the one run directory. Session-scoped:
-    under xdist a module-scoped one was built twice per suite run (`--durations` showed two ~18 s setups)."""
+    """A 2-process DDP pretrain, run without hydra.run.dir: rank 0 names the one run directory. Session-scoped, so
+    that it is built once per worker even if the file's tests were ever split (they were under pytest 9, which
+    broke xdist's groups: tests/conftest.py)."""
     cwd = tmp_path_factory.mktemp("ddp")
     r = ptcli("pretrain", "trainer.strategy=ddp", *SMOKE, cwd=cwd, nproc=2)
     assert r.code == 0, r
