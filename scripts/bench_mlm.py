@@ -86,7 +86,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from bench_common import RESULTS, Worker, matmul_rate_gflops, result_header, run_main, write_json  # noqa: E402
 
-DIM, LAYERS, HEADS, FFN, SEQ, BATCH, VOCAB, MASK = 256, 4, 4, 1024, 128, 32, 8192, 0.15
+# Model and batch sizes: hidden, layers, heads, MLP width, sequence, batch. "tiny" runs every code path at a small
+# fraction of the cost (the test suite's smoke run; its figures are not benchmark figures, and on a CPU without
+# native bf16 a full-size bf16 step takes minutes). Read from the environment: the spawned workers import this
+# module afresh and must build what the parent chose (``--size`` sets it and restarts the parent).
+SIZES = {"full": (256, 4, 4, 1024, 128, 32), "tiny": (64, 2, 2, 256, 64, 8)}
+SIZE_ENV = "PTCLI_BENCH_MLM_SIZE"
+SIZE = os.environ.get(SIZE_ENV, "full")
+if SIZE not in SIZES:
+    sys.exit(f"{SIZE_ENV}={SIZE}: choose one of {', '.join(SIZES)}")
+DIM, LAYERS, HEADS, FFN, SEQ, BATCH = SIZES[SIZE]
+VOCAB, MASK = 8192, 0.15
+MATMUL_SIZES = (512, 1024, 2048) if SIZE == "full" else (256,)  # the denominator's square GEMMs
 GEGLU = round(2 * FFN / 3)  # ModernBERT's intermediate size: 3 x GEGLU x DIM matmul MACs = 2 x FFN x DIM
 LR, WD, BETAS, EPS, CLIP = 5e-4, 0.01, (0.9, 0.999), 1e-8, 1.0
 VAL_SEED = 1234
@@ -620,9 +631,15 @@ def main() -> None:
                          "'ptcli=1e-3,modernbert=5e-4' (sides not named keep the default)")
     ap.add_argument("--sides", default=",".join(SIDES),
                     help=f"comma-separated sides to run, ptcli among them (default: all of {', '.join(SIDES)})")
+    ap.add_argument("--size", default=SIZE, choices=list(SIZES),
+                    help="full (the benchmark: hidden 256, 4 layers, seq 128, batch 32) or tiny (hidden 64, 2 layers, "
+                         "seq 64, batch 8: a smoke run of every code path, not a benchmark figure)")
     ap.add_argument("--out", type=Path, default=None,
                     help="result JSON (default scripts/results/bench/mlm.json, or mlm_ttq.json)")
     args = ap.parse_args()
+    if args.size != SIZE:  # the sizes are module constants (also in the workers): start again with them set
+        os.environ[SIZE_ENV] = args.size
+        os.execv(sys.executable, [sys.executable, *sys.argv])
     args.sides = [name.strip() for name in args.sides.split(",") if name.strip()]
     unknown = sorted(set(args.sides) - set(SIDES))
     if unknown or "ptcli" not in args.sides:
@@ -638,7 +655,7 @@ def main() -> None:
     blocks = train_blocks[torch.randperm(len(train_blocks), generator=torch.Generator().manual_seed(args.seed))]
     val = mask_blocks(tok, val_blocks, VAL_SEED)
     mask_share, query_share = mask_shares(tok, blocks)
-    rate_before = matmul_rate_gflops(seconds=args.matmul_seconds, dtype=args.precision)
+    rate_before = matmul_rate_gflops(MATMUL_SIZES, seconds=args.matmul_seconds, dtype=args.precision)
     workers = start_workers(args, tok, blocks)
     try:
         info = {name: w.call("info") for name, w in workers.items()}
@@ -647,7 +664,7 @@ def main() -> None:
     finally:
         for w in workers.values():
             w.close()
-    rate_after = matmul_rate_gflops(seconds=args.matmul_seconds, dtype=args.precision)
+    rate_after = matmul_rate_gflops(MATMUL_SIZES, seconds=args.matmul_seconds, dtype=args.precision)
     rate = max(rate_before["best"], rate_after["best"])
 
     flops: dict[str, dict[str, float]] = {}

@@ -35,12 +35,15 @@ def test_bench_mlm_tiny(cache_dir, tmp_path):
     require("accelerate", "the `bench` extra is not installed")  # the HF Trainer baseline
     result = tmp_path / "mlm.json"  # not scripts/results/bench/: tests/test_bench_results.py checks what lies there
     # bf16 here (every side under an autocast: the branch with more settings); the time-to-quality test runs fp32.
-    out = run_script("bench_mlm.py", "--precision", "bf16", "--rounds", "1", "--steps", "4", "--warmup", "1",
-                     "--log-every", "2", "--val-blocks", "32", "--matmul-seconds", "0.05", "--out", str(result),
-                     cache_dir=cache_dir)
+    # --size tiny: every code path at a fraction of the cost (a full-size bf16 step takes minutes on a CPU without
+    # native bf16, such as an AVX2-only EPYC).
+    out = run_script("bench_mlm.py", "--size", "tiny", "--precision", "bf16", "--rounds", "1", "--steps", "4",
+                     "--warmup", "1", "--log-every", "2", "--val-blocks", "32", "--matmul-seconds", "0.05",
+                     "--out", str(result), cache_dir=cache_dir)
     assert "ptcli" in out and "ratio ptcli/modernbert" in out and "MFU" in out and "HW util" in out
     data = json.loads(result.read_text())
     assert set(data["sides"]) == {"ptcli", "hf_bert", "modernbert"} and data["machine"]["cpu_count"] >= 1
+    assert data["settings"]["size"] == "tiny" and data["settings"]["dim"] == 64 and data["settings"]["seq"] == 64
     assert data["settings"]["precision"] == "bf16" and data["matmul_rate_gflops"]["before"]["dtype"] == "bf16"
     assert "ModernBertForMaskedLM` (eager" in data["sides"]["modernbert"]["label"]
     for side in data["sides"].values():  # the FLOP formulas' weight matmuls = what torch's FLOP counter saw
@@ -54,9 +57,9 @@ def test_bench_mlm_time_to_quality_tiny(cache_dir, tmp_path):
     require("accelerate", "the `bench` extra is not installed")
     result = tmp_path / "ttq.json"
     # Two sides keep it short (the throughput test above runs all three): the mode's logic is side-agnostic.
-    run_script("bench_mlm.py", "--time-to-quality", "--sides", "ptcli,modernbert", "--budget", "1", "--eval-every",
-               "2", "--log-every", "2", "--val-blocks", "16", "--matmul-seconds", "0.05", "--lr", "modernbert=1e-3",
-               "--embed-norm", "--out", str(result), cache_dir=cache_dir)
+    run_script("bench_mlm.py", "--size", "tiny", "--time-to-quality", "--sides", "ptcli,modernbert", "--budget", "1",
+               "--eval-every", "2", "--log-every", "2", "--val-blocks", "16", "--matmul-seconds", "0.05", "--lr",
+               "modernbert=1e-3", "--embed-norm", "--out", str(result), cache_dir=cache_dir)
     data = json.loads(result.read_text())
     assert set(data["curves"]) == {"ptcli", "modernbert"}
     assert "embedding LayerNorm" in data["sides"]["ptcli"]["label"] and data["settings"]["embed_norm"] is True
@@ -95,11 +98,14 @@ def test_bench_finetune_tiny(cache_dir, tmp_path):
     require("accelerate", "the `bench` extra is not installed")  # the HF Trainer baseline
     result = tmp_path / "finetune.json"
     # One HF side (the bf16 + eager one: the most settings apart from the shared ones) keeps it short.
+    # Batch 8 of 32 tokens: a bf16 side costs minutes at full size on a CPU that emulates bf16 (AVX2-only EPYC).
     out = run_script("bench_finetune.py", "--rounds", "1", "--steps", "6", "--eval-every", "3", "--warmup", "1",
-                     "--hf-sides", "hf_bert_bf16", "--out", str(result), cache_dir=cache_dir)
+                     "--batch", "8", "--max-len", "32", "--hf-sides", "hf_bert_bf16", "--out", str(result),
+                     cache_dir=cache_dir)
     assert "ratio ptcli/hf_bert_bf16" in out
     data = json.loads(result.read_text())
     assert data["settings"]["train_examples"] == 320  # 20 packages x 16 labels
+    assert data["settings"]["batch"] == 8 and data["settings"]["max_len"] == 32
     assert data["settings"]["hf_variants"] == {"hf_bert_bf16": {"attn": "eager", "group_by_length": False,
                                                                 "bf16": True}}
     assert data["sides"]["hf_bert_bf16"]["per_round"][0]["same_token_ids"]  # both sides saw the same token ids

@@ -5,6 +5,7 @@ losses and gradients, lower peak memory), and the refusals of settings a device 
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -57,7 +58,9 @@ def test_precision_the_device_cannot_do_is_refused():
     from ptcli.errors import UsageError
     from ptcli.trainer import TrainerConfig, check_precision, check_trainer_config
 
-    check_precision(OmegaConf.create({"precision": "fp16"}), torch.device("cpu"))  # supported: no error
+    with warnings.catch_warnings():  # supported: no error (a warning where this CPU emulates fp16)
+        warnings.simplefilter("ignore")
+        check_precision(OmegaConf.create({"precision": "fp16"}), torch.device("cpu"))
     with pytest.raises(UsageError, match=r"trainer.precision=fp16: .* on meta"):
         check_precision(OmegaConf.create({"precision": "fp16"}), torch.device("meta"))
     with pytest.raises(UsageError, match="trainer.precision must be one of fp32, bf16, fp16"):
@@ -65,6 +68,33 @@ def test_precision_the_device_cannot_do_is_refused():
     # (torch 2.13's ShardedGradScaler fails inside the fused AdamW: measured under torchrun, gloo)
     with pytest.raises(UsageError, match="trainer.precision=fp16 with trainer.strategy=fsdp .*precision=bf16"):
         check_trainer_config(OmegaConf.structured(TrainerConfig(precision="fp16", strategy="fsdp")))
+
+
+@pytest.mark.parametrize("flags, warns", [
+    ({"_is_avx512_bf16_supported": False, "_is_amx_tile_supported": False}, True),  # AVX2-only EPYC
+    ({"_is_avx512_bf16_supported": True, "_is_amx_tile_supported": False}, False),  # Zen 4
+    ({"_is_avx512_bf16_supported": False, "_is_amx_tile_supported": True}, False),  # Xeon with AMX
+])
+def test_bf16_on_a_cpu_that_emulates_it_warns_and_names_the_fix(monkeypatch, flags, warns):
+    import platform
+
+    from omegaconf import OmegaConf
+
+    from ptcli.trainer import check_precision
+
+    # The hardware cannot be changed here: its feature flags as torch reports them can.
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    for name, value in flags.items():
+        monkeypatch.setattr(torch.cpu, name, lambda value=value: value)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_precision(OmegaConf.create({"precision": "bf16"}), torch.device("cpu"))
+        check_precision(OmegaConf.create({"precision": "fp32"}), torch.device("cpu"))  # never warns
+    said = [str(w.message) for w in caught if "native" in str(w.message)]
+    if warns:
+        assert len(said) == 1 and "trainer.precision=bf16" in said[0] and "use trainer.precision=fp32" in said[0]
+    else:
+        assert said == []
 
 
 def test_activation_checkpointing_gives_the_same_losses(ptcli, corpus, tmp_path):

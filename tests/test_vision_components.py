@@ -66,6 +66,28 @@ def test_convnet_shape_and_dim(in_channels, width, stages, hw):
     assert model.modality == "image"
 
 
+@pytest.mark.parametrize("width, hw", [(4, 8), (2, 8), (8, 9)])
+def test_convnet_gradients_match_float64_and_the_shortcut_is_a_strided_conv(width, hw):
+    """Channels-last fp32 gradients equal a float64 NCHW copy's (no oneDNN there). Widths 2-4 on an even input are
+    where oneDNN's channels-last 1x1 stride-2 kernel got the weight gradient ~50% wrong on an AVX2-only CPU (heap
+    corruption with one thread): the shortcut avoids it by subsampling first, the same function as that conv."""
+    import copy
+
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = ConvNet(in_channels=1, width=width, stages=2)
+    ref = copy.deepcopy(model).double().to(memory_format=torch.contiguous_format)
+    x = torch.rand(12, 1, hw, hw)
+    model(x).pow(2).sum().backward()
+    ref(x.double()).pow(2).sum().backward()
+    for (name, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):
+        assert (p.grad.double() - q.grad).abs().max() <= 1e-4 * q.grad.abs().max() + 1e-8, name
+    conv = ref.blocks[1].shortcut[0]  # stage 2's projection shortcut: 1x1, after a stride-2 subsample
+    h = torch.rand(3, width, hw, hw, dtype=torch.float64)
+    torch.testing.assert_close(conv(h[:, :, ::2, ::2]), F.conv2d(h, conv.weight, stride=2))
+
+
 def test_convnet_rejects_bad_args_naming_the_key():
     with pytest.raises(UsageError, match=r"model\.width"):
         ConvNet(width=0)
