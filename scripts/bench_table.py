@@ -29,8 +29,12 @@ def rounds_text(values: list[float]) -> str:
 
 
 def machine_text(data: dict[str, Any]) -> str:
+    """The CPU and its widest matrix unit: ratios between sides move with it (README "Performance")."""
     m = data["machine"]
-    return f"{m['usable_cpus']} CPUs, {m['torch_threads']} threads"
+    flags = set(m.get("flags") or [])
+    isa = "AMX" if "amx_bf16" in flags else "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
+    cpu = f"{m.get('cpu') or 'unknown CPU'}{f' ({isa})' if isa else ''}"
+    return f"{cpu}, {m['usable_cpus']} CPUs, {m['torch_threads']} threads"
 
 
 def mlm(data: dict[str, Any]) -> str:
