@@ -135,11 +135,14 @@ def cpu_lacks_native(precision: str) -> str | None:
     dtype: a 512 x 512 bf16 matmul ran at ~1 GFLOP/s against ~27 for fp32 on an AVX2-only AMD EPYC (README)."""
     import platform
 
+    def has(probe: str) -> bool:  # torch's private CPU feature probes: a torch without one counts as "has it"
+        return bool(getattr(torch.cpu, probe, lambda: True)())
+
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return None  # other architectures: no cheap check, no warning
-    if precision == "bf16" and not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+    if precision == "bf16" and not (has("_is_avx512_bf16_supported") or has("_is_amx_tile_supported")):
         return "avx512_bf16 or amx_bf16"
-    if precision == "fp16" and not torch.cpu._is_amx_fp16_supported():
+    if precision == "fp16" and not has("_is_amx_fp16_supported"):
         return "amx_fp16"
     return None
 

@@ -74,6 +74,7 @@ def test_precision_the_device_cannot_do_is_refused():
     ({"_is_avx512_bf16_supported": False, "_is_amx_tile_supported": False}, True),  # AVX2-only EPYC
     ({"_is_avx512_bf16_supported": True, "_is_amx_tile_supported": False}, False),  # Zen 4
     ({"_is_avx512_bf16_supported": False, "_is_amx_tile_supported": True}, False),  # Xeon with AMX
+    ({"_is_avx512_bf16_supported": None, "_is_amx_tile_supported": None}, False),  # a torch without the probes
 ])
 def test_bf16_on_a_cpu_that_emulates_it_warns_and_names_the_fix(monkeypatch, flags, warns):
     import platform
@@ -85,7 +86,10 @@ def test_bf16_on_a_cpu_that_emulates_it_warns_and_names_the_fix(monkeypatch, fla
     # The hardware cannot be changed here: its feature flags as torch reports them can.
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
     for name, value in flags.items():
-        monkeypatch.setattr(torch.cpu, name, lambda value=value: value)
+        if value is None:
+            monkeypatch.delattr(torch.cpu, name)
+        else:
+            monkeypatch.setattr(torch.cpu, name, lambda value=value: value)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         check_precision(OmegaConf.create({"precision": "bf16"}), torch.device("cpu"))

@@ -39,9 +39,10 @@ class BasicBlock(nn.Module):
         self.shortcut: nn.Module = nn.Identity()
         self.stride = stride
         if stride != 1 or cin != cout:  # projection shortcut only where the shape changes
-            # A strided 1x1 conv written as a subsample, then a 1x1 conv: the same function (tests/test_units.py),
-            # and it keeps oneDNN off its channels-last 1x1 stride-2 kernel, whose weight gradient is wrong for 2-4
-            # input channels on AVX2-only CPUs (torch 2.13: off by ~50%, and heap corruption with one thread).
+            # A strided 1x1 conv written as a subsample, then a 1x1 conv: the same function (tested in
+            # tests/test_vision_components.py), and it keeps oneDNN off its channels-last 1x1 stride-2 kernel, whose
+            # weight gradient is wrong for 2-4 input channels on AVX2-only CPUs (torch 2.13: off by ~50%, and heap
+            # corruption with one thread).
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
