@@ -407,9 +407,19 @@ def run_inprocess(argv: list[str]) -> Outcome:
 
     from ptcli import cli
 
+    root = logging.getLogger()
     saved = (os.getcwd(), dict(os.environ), sys.argv, torch.get_num_threads(),
-             {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}, list(logging.getLogger().handlers))
+             {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}, list(root.handlers), root.level)
     out, err = io.StringIO(), io.StringIO()
+    # Stream handlers left by earlier code (Hydra's console handler from a test's CliRunner, a library's own) keep
+    # the stream that was sys.stderr when they were made, maybe a capture since closed: a record through one (say
+    # matplotlib's "generated new fontManager" on a machine without its font cache) would print a "Logging error"
+    # traceback. For this run they write to its stderr, as in a new process (tests/conftest.py does the same).
+    stream_handlers = {h: h.stream for lg in [root, *logging.Logger.manager.loggerDict.values()]
+                       for h in getattr(lg, "handlers", ())
+                       if type(h) is logging.StreamHandler and h.stream is not sys.__stdout__}
+    for h in stream_handlers:
+        h.stream = err  # not setStream: it flushes the old stream, which may be closed
     code: int | None = None
     escaped = None
     sys.argv = ["ptcli", *argv]
@@ -424,14 +434,20 @@ def run_inprocess(argv: list[str]) -> Outcome:
 
         escaped = "".join(traceback.format_exception(exc))
     finally:
-        cwd, env, sys.argv, threads, handlers, log_handlers = saved
+        cwd, env, sys.argv, threads, handlers, log_handlers, level = saved
         os.chdir(cwd)
         os.environ.clear()
         os.environ.update(env)
         torch.set_num_threads(threads)
         for s, h in handlers.items():
             signal.signal(s, h)
-        logging.getLogger().handlers[:] = log_handlers
+        for h in root.handlers:
+            if h not in log_handlers:  # Hydra's job log file and console handlers
+                h.close()
+        root.handlers[:] = log_handlers
+        root.setLevel(level)
+        for h, stream in stream_handlers.items():
+            h.stream = stream
         GlobalHydra.instance().clear()
     return Outcome(code, out.getvalue(), err.getvalue(), escaped)
 
