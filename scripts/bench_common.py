@@ -97,6 +97,22 @@ def result_header(benchmark: str, packages: Sequence[str] = ("torch", "transform
             "machine": machine_info(), "versions": versions(packages)}
 
 
+# -- the numerator ---------------------------------------------------------------------------------------------------
+
+def mlm_minimal_forward_flops(dim: int, layers: int, mlp: float, seq: int, vocab: int,
+                              mask: float) -> tuple[float, float]:
+    """The one definition of MFU's numerator for masked language modeling: the forward FLOPs per token that the loss
+    needs, as (weight matmuls, attention scores QK^T + AV). Every block but the last at every position; the last
+    block's keys and values at every position, its queries, attention, output projection and MLP only at the masked
+    positions (share ``mask``), as the head (dense transform + vocabulary projection). ``mlp``: the MLP's forward
+    matmul FLOPs per position (``4 * ffn * dim`` for a two-matrix MLP). Training FLOPs are 3x these (forward +
+    backward). scripts/bench_mlm.py and scripts/gpu_check.py both use it."""
+    proj, attn = 2 * 4 * dim * dim, 2 * 2 * seq * dim
+    head = 2 * dim * dim + 2 * dim * vocab
+    kv = 2 * 2 * dim * dim
+    return (layers - 1) * (proj + mlp) + kv + mask * (kv + mlp + head), (layers - 1 + mask) * attn
+
+
 # -- the denominator -------------------------------------------------------------------------------------------------
 
 def matmul_rate_gflops(sizes: Sequence[int] = (512, 1024, 2048), seconds: float = 0.5,

@@ -84,7 +84,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ptcli from this 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from bench_common import RESULTS, Worker, matmul_rate_gflops, result_header, run_main, write_json  # noqa: E402
+from bench_common import (  # noqa: E402
+    RESULTS,
+    Worker,
+    matmul_rate_gflops,
+    mlm_minimal_forward_flops,
+    result_header,
+    run_main,
+    write_json,
+)
 
 # Model and batch sizes: hidden, layers, heads, MLP width, sequence, batch. "tiny" runs every code path at a small
 # fraction of the cost (the test suite's smoke run; its figures are not benchmark figures, and on a CPU without
@@ -140,7 +148,7 @@ def forward_flops(side: str, vocab: int, mask: float, query: float, minimal: boo
     head = 2 * DIM * DIM + 2 * DIM * vocab  # dense transform + vocabulary projection
     kv = 2 * 2 * DIM * DIM  # the last block's keys and values: every position
     if minimal:
-        return (LAYERS - 1) * (proj + mlp) + kv + mask * (kv + mlp + head), (LAYERS - 1 + mask) * attn
+        return mlm_minimal_forward_flops(DIM, LAYERS, mlp, SEQ, vocab, mask)
     if side == "hf_bert":
         return LAYERS * (proj + mlp) + head, LAYERS * attn
     if side == "modernbert":

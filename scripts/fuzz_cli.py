@@ -25,14 +25,11 @@ codes per verb, failures with their argv) and writes it as JSON to ``--out``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import io
 import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -398,58 +395,12 @@ class Outcome:
 
 
 def run_inprocess(argv: list[str]) -> Outcome:
-    """``ptcli ARGV`` in this process: stdout/stderr captured, the exit code from SystemExit. The process state
-    a run may change (cwd, environment, signal handlers, torch threads, logging, Hydra's singleton) is put back."""
-    import logging
+    """``ptcli ARGV`` in this process (``ptcli.testing.invoke``: stdout/stderr captured, the exit code from
+    SystemExit, the process state a run may change put back); an exception that escapes the CLI is recorded."""
+    from ptcli.testing import invoke
 
-    import torch
-    from hydra.core.global_hydra import GlobalHydra
-
-    from ptcli import cli
-
-    root = logging.getLogger()
-    saved = (os.getcwd(), dict(os.environ), sys.argv, torch.get_num_threads(),
-             {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}, list(root.handlers), root.level)
-    out, err = io.StringIO(), io.StringIO()
-    # Stream handlers left by earlier code (Hydra's console handler from a test's CliRunner, a library's own) keep
-    # the stream that was sys.stderr when they were made, maybe a capture since closed: a record through one (say
-    # matplotlib's "generated new fontManager" on a machine without its font cache) would print a "Logging error"
-    # traceback. For this run they write to its stderr, as in a new process (tests/conftest.py does the same).
-    stream_handlers = {h: h.stream for lg in [root, *logging.Logger.manager.loggerDict.values()]
-                       for h in getattr(lg, "handlers", ())
-                       if type(h) is logging.StreamHandler and h.stream is not sys.__stdout__}
-    for h in stream_handlers:
-        h.stream = err  # not setStream: it flushes the old stream, which may be closed
-    code: int | None = None
-    escaped = None
-    sys.argv = ["ptcli", *argv]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException as exc:  # noqa: BLE001  (what we are looking for)
-        import traceback
-
-        escaped = "".join(traceback.format_exception(exc))
-    finally:
-        cwd, env, sys.argv, threads, handlers, log_handlers, level = saved
-        os.chdir(cwd)
-        os.environ.clear()
-        os.environ.update(env)
-        torch.set_num_threads(threads)
-        for s, h in handlers.items():
-            signal.signal(s, h)
-        for h in root.handlers:
-            if h not in log_handlers:  # Hydra's job log file and console handlers
-                h.close()
-        root.handlers[:] = log_handlers
-        root.setLevel(level)
-        for h, stream in stream_handlers.items():
-            h.stream = stream
-        GlobalHydra.instance().clear()
-    return Outcome(code, out.getvalue(), err.getvalue(), escaped)
+    r = invoke(argv, catch=True)
+    return Outcome(r.code, r.stdout, r.stderr, r.escaped)
 
 
 def run_subprocess(argv: list[str], timeout: int = 600) -> Outcome:

@@ -4,10 +4,11 @@ then tokens/s and model FLOP utilization (MFU). With several GPUs it also runs D
     bash scripts/gpu_check.sh                  # on a machine with a CUDA GPU
     python scripts/gpu_check.py --device cpu --steps 20 --size tiny   # dry run of the script itself
 
-MFU = training FLOPs per token (6 x non-embedding parameters + attention + the MLM head at masked
-positions) x tokens/s / peak, against both the measured dense bf16 matmul peak and the data-sheet peak
-when the GPU is known. It counts the whole last block, as the MLM benchmark's MFU does, although ptcli
-runs that block's queries and MLP at masked positions only (see README, Performance).
+MFU has the MLM benchmark's one definition (``bench_common.mlm_minimal_forward_flops``): the training FLOPs per
+token that the loss needs (the last block's queries, attention and MLP and the vocabulary projection at masked
+positions only; forward + backward = 3 x forward; the nominal mask rate 0.15) x tokens/s, over the measured bf16
+matmul rate (a dense 8192^2 GEMM; fp32 1024^2 in the --device cpu dry run: "measured matmul rate", not a peak)
+and over the data-sheet bf16 dense peak when the GPU is known.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import mlm_minimal_forward_flops  # noqa: E402
+
 SIZES = {  # dim, layers, heads, ffn, batch
     "base": (768, 12, 12, 3072, 128),
     "small": (256, 4, 4, 1024, 64),
@@ -34,12 +38,11 @@ DATASHEET_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.
 
 
 def flops_per_token(dim: int, layers: int, ffn: int) -> float:
-    per_layer = 2 * (4 * dim * dim + 2 * dim * ffn) + 2 * 2 * SEQ * dim  # matmuls + QK^T, AV
-    head = MASK * 2 * (dim * dim + dim * VOCAB)  # vocabulary projection at masked positions only
-    return 3 * (layers * per_layer + head)  # forward + backward
+    """Training FLOPs per token that the MLM loss needs (the one definition: bench_common)."""
+    return 3 * sum(mlm_minimal_forward_flops(dim, layers, 4 * ffn * dim, SEQ, VOCAB, MASK))
 
 
-def measured_peak_tflops(device: str) -> float:
+def measured_matmul_tflops(device: str) -> float:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     n = 8192 if device == "cuda" else 1024
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
@@ -98,18 +101,18 @@ def main() -> None:
                          "build of torch on a GPU machine, or pass --device cpu for a dry run.")
     name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
     gpus = torch.cuda.device_count() if args.device == "cuda" else 1
-    peak = measured_peak_tflops(args.device)
+    rate = measured_matmul_tflops(args.device)
     sheet = next((v for k, v in DATASHEET_BF16_TFLOPS.items() if k in name), None)
     print(f"device: {name} x{gpus}; torch {torch.__version__}; measured {'bf16' if args.device == 'cuda' else 'fp32'} "
-          f"matmul peak {peak:.1f} TFLOP/s" + (f"; data-sheet bf16 dense {sheet:.0f} TFLOP/s" if sheet else ""))
+          f"matmul rate {rate:.1f} TFLOP/s" + (f"; data-sheet bf16 dense {sheet:.0f} TFLOP/s" if sheet else ""))
     with tempfile.TemporaryDirectory() as tmp:
         for nproc in sorted({1, gpus}):
             r = run_pretrain(Path(tmp) / f"run{nproc}", args, nproc)
             achieved = r["flops_per_token"] * r["tokens_per_s"] / 1e12
             line = (f"{nproc} process(es): {r['params'] / 1e6:.1f}M params, {r['tokens_per_s']:,.0f} tokens/s, "
-                    f"{achieved:.1f} TFLOP/s, MFU {achieved / (peak * nproc):.1%} of measured peak")
+                    f"{achieved:.1f} TFLOP/s, MFU {achieved / (rate * nproc):.1%} of the measured matmul rate")
             if sheet:
-                line += f", {achieved / (sheet * nproc):.1%} of data sheet"
+                line += f", {achieved / (sheet * nproc):.1%} of the data-sheet peak"
             print(line + f"; first step after {r['first_step_s']} s; final loss {r['final_loss']:.3f}", flush=True)
 
 

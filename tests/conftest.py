@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
-import io
 import json
-import logging
 import os
-import signal
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from ptcli.testing import Invocation, invoke
 
 TINY_TRANSFORMER = ["model.dim=32", "model.heads=2", "model.layers=2", "model.ffn_dim=64"]
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -124,12 +121,8 @@ def cache_dir(tmp_path_factory) -> Path:
     return path
 
 
-class Result:
-    def __init__(self, code: int | None, stdout: str, stderr: str) -> None:
-        self.code, self.stdout, self.stderr = code, stdout, stderr
-
-    def __repr__(self) -> str:
-        return f"exit {self.code}\n--- stdout\n{self.stdout[-3000:]}\n--- stderr\n{self.stderr[-8000:]}"
+# A run's outcome: exit code, stdout, stderr (in this process or a real one).
+Result = Invocation
 
 
 # Environment variables that libraries read once, at import (huggingface_hub/datasets' offline flags), or that
@@ -147,98 +140,10 @@ def needs_process(args: tuple[str, ...], env: dict | None) -> bool:
     return any(k in PROCESS_ENV and os.environ.get(k) != v for k, v in (env or {}).items())
 
 
-# torch's thread count in a new process (the first in-process run records it): a test that called code setting
-# trainer.num_threads without this runner must not slow every later run down.
-_FRESH_THREADS: dict[str, int] = {}
-
-
-class _Timeout(BaseException):
-    """Raised by SIGALRM in an in-process run that takes longer than its timeout (never caught by ptcli)."""
-
-
-def _reset_command_state() -> None:
-    # What one CLI invocation records for itself in module globals (a fresh process starts without it):
-    # the launcher's state, and the sweep a previous multirun recorded (read by a later --cfg run otherwise).
-    from ptcli import sweeps, tasks
-
-    tasks.STATE.reset(command="", json_out=False)
-    sweeps.SWEEP.reset()
-
-
 def run_in_process(args: tuple[str, ...], cwd: Path | None, env: dict, timeout: int) -> Result:
-    """``ptcli ARGS`` through the real entry point (``ptcli.cli.main``) in this process, as the subprocess would
-    run it: stdout/stderr captured, the exit code from SystemExit, cwd and environment applied. Everything a
-    run may change in the process (cwd, environment, argv, torch threads, signal handlers, logging, warnings
-    filters, Hydra's singleton, ptcli's per-command state) is put back afterwards, so runs do not leak into
-    each other. The same test gives the same result in a subprocess (tests/test_fuzz.py compares them)."""
-    import torch
-    from hydra.core.global_hydra import GlobalHydra
-
-    from ptcli import build, cli
-
-    root = logging.getLogger()
-    saved = (os.getcwd(), dict(os.environ), sys.argv, torch.get_num_threads(),
-             {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)},
-             list(root.handlers), root.level, getattr(build, "TRUSTED", ()))
-    out, err = io.StringIO(), io.StringIO()
-    # Libraries' own stderr handlers (datasets', transformers') keep the stream that was sys.stderr when they were
-    # made, maybe an earlier run's or pytest's capture, since closed: for this run they write to its stderr, as in a
-    # new process.
-    stream_handlers = {h: h.stream for lg in [root, *logging.Logger.manager.loggerDict.values()]
-                       for h in getattr(lg, "handlers", ())
-                       if type(h) is logging.StreamHandler and h.stream not in (sys.__stdout__,)}
-    for h in stream_handlers:
-        h.stream = err  # not setStream: it flushes the old stream, which may be closed
-    code: int | None = None
-
-    def on_alarm(signum, frame):
-        raise _Timeout(f"ptcli {' '.join(args)} ran longer than {timeout} s")
-
-    os.environ.clear()
-    os.environ.update(env)
-    sys.argv = ["ptcli", *args]
-    torch.set_num_threads(_FRESH_THREADS.setdefault("n", torch.get_num_threads()))  # a new process's count
-    _reset_command_state()
-    try:
-        if cwd is not None:
-            os.chdir(cwd)
-        signal.signal(signal.SIGALRM, on_alarm)
-        signal.alarm(timeout)
-        # A fresh process's warning filters, so a warning shows on stderr each run (pytest records them otherwise).
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
-            warnings.resetwarnings()
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", PendingDeprecationWarning)
-            warnings.showwarning = lambda msg, cat, fn, ln, file=None, line=None: sys.stderr.write(
-                warnings.formatwarning(msg, cat, fn, ln, line))
-            try:
-                cli.main()
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-                if not isinstance(exc.code, (int, type(None))):
-                    print(exc.code, file=sys.stderr)
-    finally:
-        signal.alarm(0)
-        cwd0, env0, sys.argv, threads, handlers, log_handlers, level, trusted = saved
-        build.TRUSTED = trusted
-        os.chdir(cwd0)
-        os.environ.clear()
-        os.environ.update(env0)
-        torch.set_num_threads(threads)
-        for s, h in handlers.items():
-            signal.signal(s, h)
-        for h in root.handlers:
-            if h not in log_handlers:  # Hydra's job log file and console handlers
-                h.close()
-        # A file handler closed meanwhile (Hydra's, left by code that ran Hydra without this runner) would reopen
-        # its file, maybe in a deleted directory, at the next record: never put one back.
-        root.handlers[:] = [h for h in log_handlers if not (isinstance(h, logging.FileHandler) and h.stream is None)]
-        root.setLevel(level)
-        for h, stream in stream_handlers.items():
-            h.stream = stream
-        GlobalHydra.instance().clear()
-    return Result(code, out.getvalue(), err.getvalue())
+    """``ptcli ARGS`` through the real entry point in this process, as the subprocess would run it, with
+    everything a run may change in the process put back afterwards (``ptcli.testing.invoke``)."""
+    return invoke(args, cwd=cwd, env=env, timeout=timeout)
 
 
 def run_subprocess(args: tuple[str, ...], cwd: Path | None, env: dict, timeout: int,
